@@ -1,0 +1,70 @@
+"""Validation of what users hand to attacks and audits; failures raise :class:`InputError`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mlsec import _model
+from mlsec.errors import InputError
+
+
+def check_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    bounds: tuple[float, float],
+) -> None:
+    """Raise :class:`InputError` unless ``(x, y, target)`` is a well-formed batch for ``model``."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module (got {type(model).__name__})")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise InputError("x must be a floating-point tensor of inputs [batch, ...]")
+    if x.dim() < 2:
+        raise InputError(f"x must have a batch dimension and at least one more (got shape {tuple(x.shape)})")
+    for name, labels in (("y", y), ("target", target)):
+        if labels is None:
+            continue
+        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise InputError(f"{name} must be an integer tensor of class labels")
+        if labels.shape != (x.shape[0],):
+            raise InputError(
+                f"{name} must have shape [{x.shape[0]}] to match x's batch (got {tuple(labels.shape)})"
+            )
+        if labels.device != x.device:
+            raise InputError(f"{name} is on {labels.device} but x is on {x.device}")
+    _model.check_device(model, x)
+    if x.numel() == 0:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("x contains NaN or infinite values")
+    low, high = float(x.min()), float(x.max())
+    if low < bounds[0] - 1e-6 or high > bounds[1] + 1e-6:
+        raise InputError(
+            f"inputs range over [{low:.4g}, {high:.4g}], outside the bounds {bounds}; scale them "
+            "into the bounds, or set bounds (and wrap a normalizing model with mlsec.Normalized)"
+        )
+
+
+def check_labels(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+) -> None:
+    """Check label ranges against the model's number of outputs (one forward of one sample)."""
+    if x.shape[0] == 0:
+        return
+    with torch.no_grad():
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"the model must return logits [batch, classes] (got {shape})")
+    classes = out.shape[1]
+    for name, labels in (("y", y), ("target", target)):
+        if labels is None:
+            continue
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= classes:
+            raise InputError(
+                f"{name} holds labels in [{low}, {high}] but the model has {classes} outputs; "
+                f"labels must lie in [0, {classes - 1}]"
+            )

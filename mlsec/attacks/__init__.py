@@ -1,0 +1,19 @@
+"""Attacks behind one interface: ``attack(model, x, y) -> x_adv`` and ``attack.run(...) -> AttackResult``."""
+
+from mlsec.attacks.base import Attack, AttackResult, Perturbation, Problem
+from mlsec.attacks.fgsm import FGSM
+from mlsec.attacks.pgd import PGD
+from mlsec.attacks.registry import create, get, list_attacks, register_attack
+
+__all__ = [
+    "FGSM",
+    "PGD",
+    "Attack",
+    "AttackResult",
+    "Perturbation",
+    "Problem",
+    "create",
+    "get",
+    "list_attacks",
+    "register_attack",
+]

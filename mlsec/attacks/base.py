@@ -1,0 +1,216 @@
+"""The Attack interface: a frozen dataclass of hyperparameters whose base class owns the guarantees.
+
+A subclass implements only :meth:`Attack._perturb`. :meth:`Attack.run` validates the inputs, freezes
+the model (eval mode, parameters' ``requires_grad`` off, both restored in ``finally``), seeds the
+randomness, and afterwards projects the subclass's answer onto the eps ball and the bounds, so no
+attack can return an inadmissible example.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, final
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlsec import _model
+from mlsec._checks import check_batch, check_labels
+from mlsec.errors import InputError
+from mlsec.threat import Geometry, Norm, ThreatModel, geometry
+
+__all__ = ["Attack", "AttackResult", "Perturbation", "Problem"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        x_adv: adversarial examples, same shape, dtype and device as the input.
+        success: bool ``[B]``: the model misclassifies ``x_adv`` (untargeted) or predicts the
+            target (targeted).
+        logits: the model's output on ``x_adv``.
+        queries: forward passes of the model spent per sample.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    logits: torch.Tensor
+    queries: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Perturbation:
+    """A subclass's answer: candidate examples and, if it has them, the logits of exactly those."""
+
+    x_adv: torch.Tensor
+    logits: torch.Tensor | None
+    queries: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Problem:
+    """One attack problem, with everything on the input's device in the model's dtype."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None
+    geometry: Geometry
+    eps: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    generator: torch.Generator
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels the loss is computed against: the target when targeted, else the truth."""
+        return self.y if self.target is None else self.target
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss to maximise: cross-entropy to ``labels``, negated when targeted."""
+        ce = F.cross_entropy(logits.float(), labels, reduction="none")
+        return ce if self.target is None else -ce
+
+    def succeeded(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Bool per sample: misclassified (untargeted) or classified as the target (targeted)."""
+        predicted = logits.argmax(dim=1)
+        return predicted != labels if self.target is None else predicted == labels
+
+    def clip(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """``x_adv`` moved into the eps ball around ``x`` and into the bounds."""
+        delta = self.geometry.project(x_adv - x, self.eps)
+        return torch.clamp(x + delta, self.low, self.high)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attack(abc.ABC):
+    """Base class of every attack.
+
+    Args:
+        eps: the perturbation budget, in input units (pixels for images in ``[0, 1]``).
+        norm: ``"linf"`` or ``"l2"``.
+        bounds: ``(low, high)`` that every input value lies in.
+        seed: seed of the attack's randomness; the same seed gives the same result.
+    """
+
+    name: ClassVar[str] = ""
+
+    eps: float
+    norm: Norm = "linf"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ThreatModel(norm=self.norm, eps=self.eps, bounds=self.bounds)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InputError(f"seed must be an integer (got {self.seed!r})")
+
+    @property
+    def threat_model(self) -> ThreatModel:
+        """The threat model this attack's results lie in."""
+        return ThreatModel(norm=self.norm, eps=self.eps, bounds=self.bounds)
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as a plain dict (for reports and JSON)."""
+        return dataclasses.asdict(self)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Adversarial examples for ``(x, y)``; see :meth:`run`."""
+        return self.run(model, x, y, target=target).x_adv
+
+    @final
+    def run(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attack ``model`` on the batch ``(x, y)``.
+
+        Args:
+            model: a classifier returning logits ``[B, classes]``.
+            x: inputs ``[B, ...]`` within ``bounds``; float32, float64 or bfloat16.
+            y: true labels, integer ``[B]``.
+            target: optional target labels ``[B]``; the attack then tries to make the model
+                predict them.
+
+        Returns:
+            An :class:`AttackResult`; ``x``, ``y`` and ``model`` are left unchanged.
+        """
+        check_batch(model, x, y, target, self.bounds)
+        dtype = _model.compute_dtype(model, x)
+        with _model.frozen(model):
+            xc = x.detach().to(dtype)
+            problem = Problem(
+                model=model,
+                x=xc,
+                y=y.detach(),
+                target=None if target is None else target.detach(),
+                geometry=geometry(self.norm),
+                eps=torch.tensor(self.eps, dtype=dtype, device=x.device),
+                low=torch.tensor(self.bounds[0], dtype=dtype, device=x.device),
+                high=torch.tensor(self.bounds[1], dtype=dtype, device=x.device),
+                generator=torch.Generator(device=x.device).manual_seed(self.seed),
+            )
+            check_labels(model, xc, y, target)
+            if x.shape[0] == 0:
+                answer = Perturbation(x_adv=xc, logits=None, queries=0)
+            else:
+                answer = self._perturb(problem)
+            x_adv = problem.clip(xc, answer.x_adv.detach())
+            logits, queries = answer.logits, answer.queries
+            if x_adv.dtype != x.dtype:
+                x_adv = _fit_dtype(x, x_adv, problem).to(dtype)
+                logits = None
+            if logits is None or not torch.equal(x_adv, answer.x_adv):
+                with torch.no_grad():
+                    logits = model(x_adv)
+                queries += 1
+            if not bool(torch.isfinite(logits).all()):
+                raise InputError(
+                    "the model returned NaN or infinite logits; check its weights and inputs"
+                )
+            success = problem.succeeded(logits, problem.labels)
+        return AttackResult(
+            x_adv=x_adv.to(x.dtype), success=success, logits=logits.detach(), queries=queries
+        )
+
+    @abc.abstractmethod
+    def _perturb(self, problem: Problem) -> Perturbation:
+        """Find adversarial examples for ``problem``; the base class projects the result."""
+
+
+def _fit_dtype(x: torch.Tensor, x_adv: torch.Tensor, problem: Problem) -> torch.Tensor:
+    """Cast ``x_adv`` to ``x.dtype`` without rounding it out of the eps ball or the bounds.
+
+    Rounding to a coarse dtype (bfloat16) can push a value just past ``x + eps``; such samples
+    are pulled towards ``x`` until they fit, and fall back to ``x`` itself (always admissible).
+    """
+    x64 = x.double()
+    delta64 = x_adv.double() - x64
+    eps, low, high = float(problem.eps), float(problem.low), float(problem.high)
+    out = x_adv.to(x.dtype)
+    for shrink in (0.999, 0.99, 0.9, 0.0):
+        o64 = out.double()
+        fits = (problem.geometry.distance(o64 - x64) <= eps) & (
+            o64.flatten(1).amin(1).ge(low) & o64.flatten(1).amax(1).le(high)
+        )
+        if bool(fits.all()):
+            break
+        candidate = (x64 + delta64 * shrink).to(x.dtype)
+        out = torch.where(fits.view(-1, *([1] * (x.dim() - 1))), out, candidate)
+    return out

@@ -1,0 +1,71 @@
+"""The attack registry: attacks by name, for the CLI, suites and the tests' parametrisation."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mlsec.attacks.base import Attack
+from mlsec.errors import InputError
+
+__all__ = ["create", "get", "list_attacks", "register_attack"]
+
+_REGISTRY: dict[str, type[Attack]] = {}
+A = TypeVar("A", bound=type[Attack])
+
+
+def register_attack(name: str) -> Callable[[A], A]:
+    """Class decorator that registers an attack under ``name``; a duplicate name is an error."""
+
+    def decorate(cls: A) -> A:
+        if name in _REGISTRY:
+            raise ValueError(f"attack name {name!r} is already registered by {_REGISTRY[name]!r}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_attacks() -> list[str]:
+    """Registered attack names, sorted.
+
+    Example:
+        >>> list_attacks()
+        ['fgsm', 'pgd']
+    """
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Attack]:
+    """The attack class registered under ``name``."""
+    try:
+        return _REGISTRY[name.lower()]
+    except KeyError:
+        raise InputError(
+            f"unknown attack {name!r}; available: {', '.join(list_attacks())}"
+        ) from None
+
+
+def create(name: str, **params: Any) -> Attack:
+    """Build a registered attack from its name and hyperparameters.
+
+    Example:
+        >>> create("pgd", eps=0.3, steps=40)
+        PGD(eps=0.3, norm='linf', bounds=(0.0, 1.0), seed=0, steps=40, step_size=None, random_start=True, restarts=1)
+    """
+    cls = get(name)
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InputError(
+            f"attack {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters: {', '.join(sorted(known))}"
+        )
+    if "eps" not in params:
+        raise InputError(f"attack {name!r} needs eps")
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise InputError(f"attack {name!r}: {error}") from None

@@ -1,0 +1,79 @@
+"""Bundled, pre-trained models, loaded from safetensors files inside the package.
+
+Every model is trained by a seeded script in ``scripts/`` on MNIST test images 0-7999; the bundled
+sample (:func:`mlsec.datasets.mnist_sample`, images 8000-9999) is held out. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from mlsec.errors import InputError
+from mlsec.zoo import architectures
+
+__all__ = ["ZooEntry", "list_models", "load"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooEntry:
+    """A bundled model: how to build it, where its weights are and how they were made."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    weights: str
+    script: str
+    summary: str
+
+
+_ENTRIES = {
+    entry.name: entry
+    for entry in (
+        ZooEntry(
+            name="mnist-cnn",
+            build=architectures.mnist_cnn,
+            weights="mnist_cnn.safetensors",
+            script="scripts/train_mnist.py --arch cnn",
+            summary="small CNN, standard training on MNIST test images 0-7999",
+        ),
+        ZooEntry(
+            name="mnist-softmax",
+            build=architectures.mnist_softmax,
+            weights="mnist_softmax.safetensors",
+            script="scripts/train_mnist.py --arch softmax",
+            summary="softmax regression on pixels, standard training on MNIST test images 0-7999",
+        ),
+    )
+}
+
+
+def list_models() -> list[str]:
+    """Names of the bundled models, sorted."""
+    return sorted(_ENTRIES)
+
+
+def load(name: str) -> nn.Module:
+    """Return a bundled model in eval mode on the CPU.
+
+    Args:
+        name: one of :func:`list_models`.
+
+    Example:
+        >>> model = load("mnist-cnn")
+        >>> model.training
+        False
+    """
+    try:
+        entry = _ENTRIES[name]
+    except KeyError:
+        raise InputError(
+            f"unknown model {name!r}; bundled models: {', '.join(list_models())}"
+        ) from None
+    model = entry.build()
+    blob = resources.files("mlsec.zoo").joinpath("weights", entry.weights).read_bytes()
+    model.load_state_dict(load_safetensors(blob))
+    return model.eval()
