@@ -58,6 +58,8 @@ def check_labels(
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"the model must return logits [batch, classes] (got {shape})")
+    if not bool(torch.isfinite(out).all()):
+        raise InputError("the model returned NaN or infinite logits; check its weights and inputs")
     classes = out.shape[1]
     for name, labels in (("y", y), ("target", target)):
         if labels is None:

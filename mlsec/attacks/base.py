@@ -153,7 +153,7 @@ class Attack(abc.ABC):
         """
         check_batch(model, x, y, target, self.bounds)
         dtype = _model.compute_dtype(model, x)
-        with _model.frozen(model):
+        with _model.frozen(model), torch.enable_grad():
             xc = x.detach().to(dtype)
             problem = Problem(
                 model=model,

@@ -62,6 +62,11 @@ def projected_gradient_ascent(
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
         logits = model(x_adv)
+        if not logits.requires_grad:
+            raise InputError(
+                "the model's output has no gradient with respect to its input (detached, or "
+                "computed under torch.no_grad); gradient attacks need a differentiable model"
+            )
         loss = problem.loss(logits, labels)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         record(x_adv.detach(), logits.detach())

@@ -1,0 +1,313 @@
+"""The contract every registered attack keeps (ARCHITECTURE.md, "Core types")."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import fast_attack
+from torch import nn
+
+import mlsec
+from mlsec.attacks import FGSM, PGD
+from mlsec.errors import InputError
+
+ATTACKS = mlsec.attacks.list_attacks()
+N = 64
+
+
+def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    delta = (a.double() - b.double()).flatten(1)
+    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+
+
+def test_registry_lists_the_core_attacks() -> None:
+    assert {"fgsm", "pgd"} <= set(ATTACKS)
+    assert ATTACKS == sorted(ATTACKS)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("linf", 0.3), ("l2", 1.5)])
+def test_within_eps_and_bounds(name: str, norm: str, eps: float, mnist, cnn) -> None:
+    x, y = mnist[0][:N], mnist[1][:N]
+    x_adv = fast_attack(name, eps=eps, norm=norm)(cnn, x, y)
+    assert distance(x_adv, x, norm).max().item() <= eps + 1e-6
+    assert x_adv.min().item() >= 0.0
+    assert x_adv.max().item() <= 1.0
+    # The attack must actually move: an attack that returns x passes the checks above.
+    assert distance(x_adv, x, norm).max().item() > 0.5 * eps
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_inputs_not_mutated(name: str, mnist, cnn) -> None:
+    x, y = mnist[0][:N].clone(), mnist[1][:N].clone()
+    x_before, y_before = x.clone(), y.clone()
+    target = (y + 1) % 10
+    target_before = target.clone()
+    state_before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    fast_attack(name, eps=0.3).run(cnn, x, y)
+    fast_attack(name, eps=0.3).run(cnn, x, y, target=target)
+    assert torch.equal(x, x_before)
+    assert torch.equal(y, y_before)
+    assert torch.equal(target, target_before)
+    for key, value in cnn.state_dict().items():
+        assert torch.equal(value, state_before[key]), key
+
+
+class ModeRecorder(nn.Module):
+    """Wraps a model; records the training flag at each forward; can fail on a given call."""
+
+    def __init__(self, model: nn.Module, fail_on_call: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.dropout = nn.Dropout(0.5)
+        self.modes: list[bool] = []
+        self.grad_flags: list[bool] = []
+        self.fail_on_call = fail_on_call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training or self.model.training or self.dropout.training)
+        self.grad_flags.append(any(p.requires_grad for p in self.parameters()))
+        if self.fail_on_call is not None and len(self.modes) == self.fail_on_call:
+            raise RuntimeError("planted failure")
+        return self.dropout(self.model(x))
+
+
+def _mixed_state(model: ModeRecorder) -> tuple[list[bool], list[bool]]:
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("fail_on_call", [None, 2, 3])
+def test_mode_and_requires_grad_restored(name: str, fail_on_call: int | None, mnist, cnn) -> None:
+    model = ModeRecorder(cnn, fail_on_call=fail_on_call)
+    model.train()
+    model.model[0].eval()  # a mixed state must come back exactly
+    params = list(model.parameters())
+    params[0].requires_grad_(False)
+    before = _mixed_state(model)
+    x, y = mnist[0][:8], mnist[1][:8]
+    if fail_on_call is None:
+        fast_attack(name, eps=0.3).run(model, x, y)
+    else:
+        with pytest.raises(RuntimeError, match="planted failure"):
+            fast_attack(name, eps=0.3).run(model, x, y)
+    assert _mixed_state(model) == before
+    assert model.modes, "the model was never called"
+    assert not any(model.modes), "the attack ran the model in train mode"
+    assert not any(model.grad_flags), "parameters kept requires_grad during the attack"
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_same_seed_same_result(name: str, mnist, cnn) -> None:
+    x, y = mnist[0][:N], mnist[1][:N]
+    first = fast_attack(name, eps=0.2, seed=7)(cnn, x, y)
+    second = fast_attack(name, eps=0.2, seed=7)(cnn, x, y)
+    assert torch.equal(first, second)
+
+
+def test_different_seed_changes_random_start(mnist, cnn) -> None:
+    x, y = mnist[0][:N], mnist[1][:N]
+    first = PGD(eps=0.2, steps=2, seed=1)(cnn, x, y)
+    second = PGD(eps=0.2, steps=2, seed=2)(cnn, x, y)
+    assert not torch.equal(first, second)
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("device", DEVICES)
+def test_shape_dtype_device_preserved(name: str, dtype: torch.dtype, device: str, mnist, cnn) -> None:
+    model = cnn.to(device)
+    x, y = mnist[0][:16].to(device=device, dtype=dtype), mnist[1][:16].to(device)
+    result = fast_attack(name, eps=0.3).run(model, x, y)
+    assert result.x_adv.shape == x.shape
+    assert result.x_adv.dtype == dtype
+    assert result.x_adv.device == x.device
+    assert result.success.shape == y.shape
+    assert result.success.dtype == torch.bool
+    assert distance(result.x_adv, x, "linf").max().item() <= 0.3 + 1e-6
+    assert 0.0 <= result.x_adv.min().item() and result.x_adv.max().item() <= 1.0
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_success_matches_the_models_prediction(name: str, mnist, cnn) -> None:
+    x, y = mnist[0][:N], mnist[1][:N]
+    target = (y + 3) % 10
+    for kwargs, wanted in (({}, None), ({"target": target}, target)):
+        result = fast_attack(name, eps=0.2).run(cnn, x, y, **kwargs)
+        with torch.no_grad():
+            predicted = cnn(result.x_adv).argmax(1)
+        expected = predicted != y if wanted is None else predicted == wanted
+        assert torch.equal(result.success, expected)
+        assert torch.equal(result.logits.argmax(1), predicted)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_robust_accuracy_well_below_clean(name: str, mnist, cnn) -> None:
+    x, y = mnist[0][:200], mnist[1][:200]
+    with torch.no_grad():
+        clean = (cnn(x).argmax(1) == y).float().mean().item()
+        x_adv = fast_attack(name, eps=0.3)(cnn, x, y)
+        robust = (cnn(x_adv).argmax(1) == y).float().mean().item()
+    assert clean >= 0.97
+    assert robust <= 0.2, f"{name}: robust accuracy {robust:.3f} against clean {clean:.3f}"
+
+
+def test_pgd_stronger_than_fgsm_and_targeted_reaches_targets(mnist, cnn) -> None:
+    x, y = mnist[0][:200], mnist[1][:200]
+    fgsm = FGSM(eps=0.1).run(cnn, x, y).success.float().mean().item()
+    pgd = PGD(eps=0.1, steps=20).run(cnn, x, y).success.float().mean().item()
+    assert pgd >= fgsm + 0.1, (fgsm, pgd)
+    target = (y + 1) % 10
+    hit = PGD(eps=0.3, steps=20).run(cnn, x[:100], y[:100], target=target[:100]).success
+    assert hit.float().mean().item() >= 0.8
+
+
+def _plain_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int) -> torch.Tensor:
+    """Textbook PGD from the clean input, returning the last iterate."""
+    x_adv = x.clone()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.clamp(torch.min(torch.max(x_adv.detach() + step * grad.sign(), x - eps), x + eps), 0, 1)
+    return x_adv
+
+
+def test_pgd_never_weaker_than_its_last_iterate(mnist, cnn) -> None:
+    # A large step makes iterates oscillate, so the last iterate sometimes loses a success.
+    x, y = mnist[0][:300], mnist[1][:300]
+    eps, step, steps = 0.15, 0.1, 8
+    mine = PGD(eps=eps, step_size=step, steps=steps, random_start=False).run(cnn, x, y).success
+    x_last = _plain_pgd(cnn, x, y, eps, step, steps)
+    with torch.no_grad():
+        last = cnn(x_last).argmax(1) != y
+    assert not bool((last & ~mine).any()), "a sample broken by the last iterate was lost"
+    assert int((mine & ~last).sum()) >= 1, "expected the kept iterate to beat the last one somewhere"
+
+
+def test_restarts_never_lose_what_one_start_finds(mnist, cnn) -> None:
+    # Restart 0 of a folded batch replays the single-start run (same generator stream).
+    x, y = mnist[0][:200], mnist[1][:200]
+    one = PGD(eps=0.08, steps=5, restarts=1).run(cnn, x, y).success
+    three = PGD(eps=0.08, steps=5, restarts=3).run(cnn, x, y)
+    assert not bool((one & ~three.success).any())
+    assert three.queries == 3 * 6
+
+
+def test_normalized_adapter_attacks_in_pixel_space(mnist, cnn) -> None:
+    mean, std = 0.1307, 0.3081
+
+    class ExpectsNormalized(nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return cnn(z * std + mean)
+
+    wrapped = mlsec.Normalized(ExpectsNormalized(), mean=[mean], std=[std])
+    x, y = mnist[0][:64], mnist[1][:64]
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x), cnn(x), atol=1e-5)
+    x_adv = FGSM(eps=0.2)(wrapped, x, y)
+    assert distance(x_adv, x, "linf").max().item() <= 0.2 + 1e-6
+    assert torch.allclose(x_adv, FGSM(eps=0.2)(cnn, x, y), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"eps": -0.1}, "eps must be"),
+        ({"eps": float("nan")}, "eps must be"),
+        ({"eps": 0.3, "norm": "l1"}, "norm must be"),
+        ({"eps": 0.3, "bounds": (1.0, 0.0)}, "bounds must be"),
+        ({"eps": 0.3, "steps": 0}, "steps must be"),
+        ({"eps": 0.3, "restarts": 0}, "restarts must be"),
+        ({"eps": 0.3, "step_size": -1.0}, "step_size must be"),
+        ({"eps": 0.3, "stepz": 3}, "has no parameter 'stepz'"),
+        ({"steps": 3}, "needs eps"),
+    ],
+)
+def test_bad_hyperparameters_raise(params: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        mlsec.attacks.create("pgd", **params)
+
+
+def test_attacks_are_frozen_values() -> None:
+    attack = PGD(eps=0.3, steps=40)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        attack.eps = 0.5  # type: ignore[misc]
+    assert attack == mlsec.attacks.create("pgd", eps=0.3, steps=40)
+    assert dataclasses.replace(attack, eps=0.1).eps == 0.1
+    with pytest.raises(TypeError):
+        PGD(0.3)  # type: ignore[misc]  # keyword-only
+
+
+def _nan_model() -> nn.Module:
+    class NaNModel(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 10), float("nan"))
+
+    return NaNModel()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("labels out of range", r"labels in \[.*\] but the model has 10 outputs"),
+        ("negative labels", r"labels in \[-1"),
+        ("shape mismatch", "must have shape"),
+        ("float labels", "integer tensor"),
+        ("outside bounds", "outside the bounds"),
+        ("nan input", "NaN or infinite"),
+        ("nan logits", "NaN or infinite logits"),
+        ("no batch dim", "batch dimension"),
+        ("not a module", "torch.nn.Module"),
+    ],
+)
+def test_bad_inputs_raise_one_line_errors(case: str, message: str, mnist, cnn) -> None:
+    x, y = mnist[0][:8].clone(), mnist[1][:8].clone()
+    model: object = cnn
+    if case == "labels out of range":
+        y[0] = 10
+    elif case == "negative labels":
+        y[0] = -1
+    elif case == "shape mismatch":
+        y = y[:5]
+    elif case == "float labels":
+        y = y.float()  # type: ignore[assignment]
+    elif case == "outside bounds":
+        x = x * 255
+    elif case == "nan input":
+        x[0, 0, 0, 0] = float("nan")
+    elif case == "nan logits":
+        model = _nan_model()
+    elif case == "no batch dim":
+        x = x[0, 0, 0]
+    elif case == "not a module":
+        model = lambda t: t  # noqa: E731
+    with pytest.raises(InputError, match=message) as info:
+        PGD(eps=0.3, steps=2).run(model, x, y)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_empty_batch_returns_empty(cnn) -> None:
+    x, y = torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
+    result = PGD(eps=0.3, steps=2).run(cnn, x, y)
+    assert result.x_adv.shape == x.shape
+    assert result.success.shape == (0,)
+
+
+def test_model_without_input_gradient_is_refused(mnist) -> None:
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(784, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x.flatten(1).detach())
+
+    with pytest.raises(InputError, match="no gradient with respect to its input"):
+        PGD(eps=0.3, steps=2).run(Detached(), mnist[0][:4], mnist[1][:4])
