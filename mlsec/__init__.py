@@ -5,6 +5,7 @@ Example:
     >>> x, y = mlsec.datasets.mnist_sample()
     >>> model = mlsec.zoo.load("mnist-cnn")
     >>> x_adv = mlsec.attacks.PGD(eps=0.3, steps=10)(model, x[:16], y[:16])
+
 """
 
 from mlsec import attacks, datasets, zoo

@@ -22,15 +22,22 @@ def check_batch(
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise InputError("x must be a floating-point tensor of inputs [batch, ...]")
     if x.dim() < 2:
-        raise InputError(f"x must have a batch dimension and at least one more (got shape {tuple(x.shape)})")
+        raise InputError(
+            f"x must have a batch dimension and at least one more (got shape {tuple(x.shape)})"
+        )
     for name, labels in (("y", y), ("target", target)):
         if labels is None:
             continue
-        if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        if (
+            not isinstance(labels, torch.Tensor)
+            or labels.dtype.is_floating_point
+            or labels.dtype == torch.bool
+        ):
             raise InputError(f"{name} must be an integer tensor of class labels")
         if labels.shape != (x.shape[0],):
             raise InputError(
-                f"{name} must have shape [{x.shape[0]}] to match x's batch (got {tuple(labels.shape)})"
+                f"{name} must have shape [{x.shape[0]}] to match x's batch "
+                f"(got {tuple(labels.shape)})"
             )
         if labels.device != x.device:
             raise InputError(f"{name} is on {labels.device} but x is on {x.device}")

@@ -33,7 +33,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def compute_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
-    """The dtype in which ``model`` computes: its first floating parameter's, else a float of ``x``."""
+    """The dtype ``model`` computes in: its first floating parameter's, else a float of ``x``."""
     for tensor in (*model.parameters(), *model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype

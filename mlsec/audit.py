@@ -28,6 +28,7 @@ from mlsec import _model
 from mlsec._checks import check_batch
 from mlsec.attacks import FGSM, PGD, Attack, create
 from mlsec.errors import InputError
+from mlsec.threat import Norm
 
 __all__ = ["DEFAULT_EPS", "AttackOutcome", "AuditReport", "audit", "default_attacks"]
 
@@ -64,6 +65,7 @@ class AuditReport:
         warnings: signs that the evaluation may overstate robustness.
         correct: bool ``[n]``, correctly classified clean samples.
         robust: ``(attack, eps)`` -> bool ``[n]``, samples that survive that attack.
+
     """
 
     model: str
@@ -109,7 +111,9 @@ class AuditReport:
             "n": self.n,
             "clean_accuracy": self.clean_accuracy,
             "results": [dataclasses.asdict(outcome) for outcome in self.outcomes],
-            "worst_case": [{"eps": eps, "robust_accuracy": acc} for eps, acc in self.worst_case.items()],
+            "worst_case": [
+                {"eps": eps, "robust_accuracy": acc} for eps, acc in self.worst_case.items()
+            ],
             "attack_seconds": {name: self.seconds(name) for name in self.attacks},
             "warnings": list(self.warnings),
             "environment": dict(self.environment),
@@ -180,7 +184,7 @@ def audit(
     *,
     attacks: Sequence[Attack | str] | None = None,
     eps: Sequence[float] = DEFAULT_EPS,
-    norm: str | None = None,
+    norm: Norm | None = None,
     batch_size: int = 500,
     progress: bool = False,
     model_name: str = "model",
@@ -206,9 +210,11 @@ def audit(
     Example:
         >>> import mlsec
         >>> x, y = mlsec.datasets.mnist_sample()
-        >>> report = audit(mlsec.zoo.load("mnist-cnn"), (x[:50], y[:50]), attacks=["fgsm"], eps=[0.3])
+        >>> model = mlsec.zoo.load("mnist-cnn")
+        >>> report = audit(model, (x[:50], y[:50]), attacks=["fgsm"], eps=[0.3])
         >>> report.robust_accuracy("fgsm", 0.3) < report.clean_accuracy
         True
+
     """
     x, y = data
     grid = sorted(float(e) for e in eps)
@@ -236,9 +242,7 @@ def audit(
         raise InputError("the data set is empty")
     check_batch(model, x.to(device), y.to(device), None, bounds)
     n = x.shape[0]
-    batches = [
-        (slice(start, min(start + batch_size, n))) for start in range(0, n, batch_size)
-    ]
+    batches = [(slice(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
 
     warnings: list[str] = []
     with _progress(progress, total=n) as bar:

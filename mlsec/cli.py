@@ -37,7 +37,9 @@ def _float_list(text: str) -> list[float]:
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
     return values
@@ -58,28 +60,50 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("audit", help="robust accuracy of a model under attacks and budgets")
-    run.add_argument("--model", default="mnist-cnn",
-                     help="a bundled model name or module:function returning an nn.Module "
-                          "(default: mnist-cnn)")
-    run.add_argument("--data", default="mnist-sample",
-                     help="mnist-sample or module:function returning a Dataset, a DataLoader or "
-                          "an (x, y) pair of tensors (default: mnist-sample)")
-    run.add_argument("--attacks", default="fgsm,pgd",
-                     help="comma-separated registered attacks (default: fgsm,pgd; see mlsec attacks)")
-    run.add_argument("--eps", type=_float_list, default=list(DEFAULT_EPS),
-                     help="comma-separated budgets in input units (default: 0.1,0.2,0.3)")
+    run.add_argument(
+        "--model",
+        default="mnist-cnn",
+        help="a bundled model name or module:function returning an nn.Module (default: mnist-cnn)",
+    )
+    run.add_argument(
+        "--data",
+        default="mnist-sample",
+        help="mnist-sample or module:function returning a Dataset, a DataLoader or "
+        "an (x, y) pair of tensors (default: mnist-sample)",
+    )
+    run.add_argument(
+        "--attacks",
+        default="fgsm,pgd",
+        help="comma-separated registered attacks (default: fgsm,pgd; see mlsec attacks)",
+    )
+    run.add_argument(
+        "--eps",
+        type=_float_list,
+        default=list(DEFAULT_EPS),
+        help="comma-separated budgets in input units (default: 0.1,0.2,0.3)",
+    )
     run.add_argument("--norm", choices=["linf", "l2"], default="linf")
     run.add_argument("--steps", type=_positive_int, default=40, help="PGD steps (default: 40)")
     run.add_argument("--restarts", type=_positive_int, default=1, help="PGD restarts (default: 1)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--bounds", type=_float_list, default=[0.0, 1.0],
-                     help="LOW,HIGH of the input range (default: 0,1)")
+    run.add_argument(
+        "--bounds",
+        type=_float_list,
+        default=[0.0, 1.0],
+        help="LOW,HIGH of the input range (default: 0,1)",
+    )
     run.add_argument("--batch-size", type=_positive_int, default=500)
-    run.add_argument("--limit", type=_positive_int, default=None,
-                     help="audit only the first N samples")
+    run.add_argument(
+        "--limit", type=_positive_int, default=None, help="audit only the first N samples"
+    )
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    run.add_argument("--json", type=Path, default=None, metavar="PATH",
-                     help="also write the results as JSON to PATH")
+    run.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the results as JSON to PATH",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("attacks", help="list the registered attacks")
@@ -92,7 +116,9 @@ def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+        raise InputError(
+            f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or auto"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available; use --device cpu")
     return device
@@ -127,7 +153,8 @@ def _colour(value: float, clean: float) -> str:
 
 def _table(report: AuditReport) -> Table:
     table = Table(
-        title=f"Robust accuracy of {report.model} on {report.data} ({report.n} samples, {report.norm})",
+        title=f"Robust accuracy of {report.model} on {report.data} "
+        f"({report.n} samples, {report.norm})",
         caption=f"clean accuracy {_percent(report.clean_accuracy)}",
     )
     table.add_column("attack", style="bold")
@@ -142,8 +169,8 @@ def _table(report: AuditReport) -> Table:
         table.add_row(name, *cells, f"{report.seconds(name):.1f} s")
     table.add_section()
     worst = [
-        f"[{_colour(report.worst_case[eps], report.clean_accuracy)}]{_percent(report.worst_case[eps])}"
-        for eps in report.eps
+        f"[{_colour(acc, report.clean_accuracy)}]{_percent(acc)}"
+        for acc in (report.worst_case[eps] for eps in report.eps)
     ]
     table.add_row("worst case", *worst, f"{sum(report.seconds(a) for a in report.attacks):.1f} s")
     return table

@@ -29,6 +29,7 @@ def mnist_sample() -> tuple[torch.Tensor, torch.Tensor]:
         >>> x, y = mnist_sample()
         >>> tuple(x.shape), x.dtype, float(x.min()), float(x.max()), tuple(y.shape)
         ((2000, 1, 28, 28), torch.float32, 0.0, 1.0, (2000,))
+
     """
     with resources.files("mlsec").joinpath("_data/mnist_sample.npz").open("rb") as fh:
         arrays = np.load(fh)

@@ -68,7 +68,8 @@ def load_data(spec: str) -> tuple[tuple[torch.Tensor, torch.Tensor], str]:
     if ":" not in spec:
         if spec not in BUNDLED_DATA:
             raise InputError(
-                f"--data: unknown data set {spec!r}; use {', '.join(BUNDLED_DATA)} or module:function"
+                f"--data: unknown data set {spec!r}; "
+                f"use {', '.join(BUNDLED_DATA)} or module:function"
             )
         return BUNDLED_DATA[spec](), spec
     return as_tensors(load_entry_point(spec, "--data"), "--data"), spec

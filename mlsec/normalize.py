@@ -23,6 +23,7 @@ class Normalized(nn.Module):
         >>> wrapped = Normalized(torch.nn.Identity(), mean=[0.5], std=[0.25])
         >>> wrapped(torch.tensor([[[[1.0]]]])).item()
         2.0
+
     """
 
     mean: torch.Tensor
@@ -31,7 +32,9 @@ class Normalized(nn.Module):
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std) or len(mean) == 0:
-            raise InputError(f"mean and std need one value per channel (got {len(mean)} and {len(std)})")
+            raise InputError(
+                f"mean and std need one value per channel (got {len(mean)} and {len(std)})"
+            )
         if any(s <= 0 for s in std):
             raise InputError(f"std values must be > 0 (got {list(std)})")
         self.model = model

@@ -30,6 +30,7 @@ class ThreatModel:
     Example:
         >>> ThreatModel(norm="linf", eps=0.3)
         ThreatModel(norm='linf', eps=0.3, bounds=(0.0, 1.0))
+
     """
 
     norm: Norm = "linf"
@@ -96,7 +97,9 @@ class _L2:
         self, like: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         # Uniform in the ball: a Gaussian direction, radius eps * u^(1/d).
-        direction = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        direction = torch.randn(
+            like.shape, generator=generator, device=like.device, dtype=like.dtype
+        )
         direction = direction / _flat_norm(direction).clamp_min(_TINY)
         u = torch.rand(
             (like.shape[0],) + (1,) * (like.dim() - 1),

@@ -52,7 +52,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--arch", choices=sorted(RECIPES), required=True)
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=0)
@@ -93,7 +95,9 @@ def main() -> None:
         )
     path = WEIGHTS / f"mnist_{args.arch}.safetensors"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata={"arch": args.arch, "seed": str(args.seed), "epochs": str(epochs)})
+    save_file(
+        state, path, metadata={"arch": args.arch, "seed": str(args.seed), "epochs": str(epochs)}
+    )
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

@@ -25,12 +25,14 @@ def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
 
 def test_registry_lists_the_core_attacks() -> None:
     assert {"fgsm", "pgd"} <= set(ATTACKS)
-    assert ATTACKS == sorted(ATTACKS)
+    assert sorted(ATTACKS) == ATTACKS
 
 
 @pytest.mark.parametrize("name", ATTACKS)
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 0.1), ("linf", 0.3), ("l2", 1.5)])
-def test_within_eps_and_bounds(name: str, norm: str, eps: float, mnist, cnn) -> None:
+def test_within_eps_and_bounds(
+    name: str, norm: str, eps: float, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:N], mnist[1][:N]
     x_adv = fast_attack(name, eps=eps, norm=norm)(cnn, x, y)
     assert distance(x_adv, x, norm).max().item() <= eps + 1e-6
@@ -41,7 +43,9 @@ def test_within_eps_and_bounds(name: str, norm: str, eps: float, mnist, cnn) -> 
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_inputs_not_mutated(name: str, mnist, cnn) -> None:
+def test_inputs_not_mutated(
+    name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:N].clone(), mnist[1][:N].clone()
     x_before, y_before = x.clone(), y.clone()
     target = (y + 1) % 10
@@ -81,10 +85,12 @@ def _mixed_state(model: ModeRecorder) -> tuple[list[bool], list[bool]]:
 
 @pytest.mark.parametrize("name", ATTACKS)
 @pytest.mark.parametrize("fail_on_call", [None, 2, 3])
-def test_mode_and_requires_grad_restored(name: str, fail_on_call: int | None, mnist, cnn) -> None:
+def test_mode_and_requires_grad_restored(
+    name: str, fail_on_call: int | None, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     model = ModeRecorder(cnn, fail_on_call=fail_on_call)
     model.train()
-    model.model[0].eval()  # a mixed state must come back exactly
+    next(iter(model.model.children())).eval()  # a mixed state must come back exactly
     params = list(model.parameters())
     params[0].requires_grad_(False)
     before = _mixed_state(model)
@@ -101,14 +107,18 @@ def test_mode_and_requires_grad_restored(name: str, fail_on_call: int | None, mn
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_same_seed_same_result(name: str, mnist, cnn) -> None:
+def test_same_seed_same_result(
+    name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:N], mnist[1][:N]
     first = fast_attack(name, eps=0.2, seed=7)(cnn, x, y)
     second = fast_attack(name, eps=0.2, seed=7)(cnn, x, y)
     assert torch.equal(first, second)
 
 
-def test_different_seed_changes_random_start(mnist, cnn) -> None:
+def test_different_seed_changes_random_start(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:N], mnist[1][:N]
     first = PGD(eps=0.2, steps=2, seed=1)(cnn, x, y)
     second = PGD(eps=0.2, steps=2, seed=2)(cnn, x, y)
@@ -121,7 +131,13 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 @pytest.mark.parametrize("name", ATTACKS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("device", DEVICES)
-def test_shape_dtype_device_preserved(name: str, dtype: torch.dtype, device: str, mnist, cnn) -> None:
+def test_shape_dtype_device_preserved(
+    name: str,
+    dtype: torch.dtype,
+    device: str,
+    mnist: tuple[torch.Tensor, torch.Tensor],
+    cnn: nn.Module,
+) -> None:
     model = cnn.to(device)
     x, y = mnist[0][:16].to(device=device, dtype=dtype), mnist[1][:16].to(device)
     result = fast_attack(name, eps=0.3).run(model, x, y)
@@ -131,11 +147,13 @@ def test_shape_dtype_device_preserved(name: str, dtype: torch.dtype, device: str
     assert result.success.shape == y.shape
     assert result.success.dtype == torch.bool
     assert distance(result.x_adv, x, "linf").max().item() <= 0.3 + 1e-6
-    assert 0.0 <= result.x_adv.min().item() and result.x_adv.max().item() <= 1.0
+    assert result.x_adv.min().item() >= 0.0 and result.x_adv.max().item() <= 1.0
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_success_matches_the_models_prediction(name: str, mnist, cnn) -> None:
+def test_success_matches_the_models_prediction(
+    name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:N], mnist[1][:N]
     target = (y + 3) % 10
     for kwargs, wanted in (({}, None), ({"target": target}, target)):
@@ -148,7 +166,9 @@ def test_success_matches_the_models_prediction(name: str, mnist, cnn) -> None:
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_robust_accuracy_well_below_clean(name: str, mnist, cnn) -> None:
+def test_robust_accuracy_well_below_clean(
+    name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:200], mnist[1][:200]
     with torch.no_grad():
         clean = (cnn(x).argmax(1) == y).float().mean().item()
@@ -158,7 +178,9 @@ def test_robust_accuracy_well_below_clean(name: str, mnist, cnn) -> None:
     assert robust <= 0.2, f"{name}: robust accuracy {robust:.3f} against clean {clean:.3f}"
 
 
-def test_pgd_stronger_than_fgsm_and_targeted_reaches_targets(mnist, cnn) -> None:
+def test_pgd_stronger_than_fgsm_and_targeted_reaches_targets(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:200], mnist[1][:200]
     fgsm = FGSM(eps=0.1).run(cnn, x, y).success.float().mean().item()
     pgd = PGD(eps=0.1, steps=20).run(cnn, x, y).success.float().mean().item()
@@ -168,18 +190,24 @@ def test_pgd_stronger_than_fgsm_and_targeted_reaches_targets(mnist, cnn) -> None
     assert hit.float().mean().item() >= 0.8
 
 
-def _plain_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int) -> torch.Tensor:
+def _plain_pgd(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int
+) -> torch.Tensor:
     """Textbook PGD from the clean input, returning the last iterate."""
     x_adv = x.clone()
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = torch.clamp(torch.min(torch.max(x_adv.detach() + step * grad.sign(), x - eps), x + eps), 0, 1)
+        x_adv = torch.clamp(
+            torch.min(torch.max(x_adv.detach() + step * grad.sign(), x - eps), x + eps), 0, 1
+        )
     return x_adv
 
 
-def test_pgd_never_weaker_than_its_last_iterate(mnist, cnn) -> None:
+def test_pgd_never_weaker_than_its_last_iterate(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     # A large step makes iterates oscillate, so the last iterate sometimes loses a success.
     x, y = mnist[0][:300], mnist[1][:300]
     eps, step, steps = 0.15, 0.1, 8
@@ -188,10 +216,14 @@ def test_pgd_never_weaker_than_its_last_iterate(mnist, cnn) -> None:
     with torch.no_grad():
         last = cnn(x_last).argmax(1) != y
     assert not bool((last & ~mine).any()), "a sample broken by the last iterate was lost"
-    assert int((mine & ~last).sum()) >= 1, "expected the kept iterate to beat the last one somewhere"
+    assert int((mine & ~last).sum()) >= 1, (
+        "expected the kept iterate to beat the last one somewhere"
+    )
 
 
-def test_restarts_never_lose_what_one_start_finds(mnist, cnn) -> None:
+def test_restarts_never_lose_what_one_start_finds(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     # Restart 0 of a folded batch replays the single-start run (same generator stream).
     x, y = mnist[0][:200], mnist[1][:200]
     one = PGD(eps=0.08, steps=5, restarts=1).run(cnn, x, y).success
@@ -200,7 +232,9 @@ def test_restarts_never_lose_what_one_start_finds(mnist, cnn) -> None:
     assert three.queries == 3 * 6
 
 
-def test_normalized_adapter_attacks_in_pixel_space(mnist, cnn) -> None:
+def test_normalized_adapter_attacks_in_pixel_space(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     mean, std = 0.1307, 0.3081
 
     class ExpectsNormalized(nn.Module):
@@ -242,7 +276,7 @@ def test_attacks_are_frozen_values() -> None:
     assert attack == mlsec.attacks.create("pgd", eps=0.3, steps=40)
     assert dataclasses.replace(attack, eps=0.1).eps == 0.1
     with pytest.raises(TypeError):
-        PGD(0.3)  # type: ignore[misc]  # keyword-only
+        PGD(0.3)  # type: ignore[call-arg]  # keyword-only
 
 
 def _nan_model() -> nn.Module:
@@ -267,7 +301,9 @@ def _nan_model() -> nn.Module:
         ("not a module", "torch.nn.Module"),
     ],
 )
-def test_bad_inputs_raise_one_line_errors(case: str, message: str, mnist, cnn) -> None:
+def test_bad_inputs_raise_one_line_errors(
+    case: str, message: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
     x, y = mnist[0][:8].clone(), mnist[1][:8].clone()
     model: object = cnn
     if case == "labels out of range":
@@ -277,7 +313,7 @@ def test_bad_inputs_raise_one_line_errors(case: str, message: str, mnist, cnn) -
     elif case == "shape mismatch":
         y = y[:5]
     elif case == "float labels":
-        y = y.float()  # type: ignore[assignment]
+        y = y.float()
     elif case == "outside bounds":
         x = x * 255
     elif case == "nan input":
@@ -293,14 +329,14 @@ def test_bad_inputs_raise_one_line_errors(case: str, message: str, mnist, cnn) -
     assert "\n" not in str(info.value)
 
 
-def test_empty_batch_returns_empty(cnn) -> None:
+def test_empty_batch_returns_empty(cnn: nn.Module) -> None:
     x, y = torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)
     result = PGD(eps=0.3, steps=2).run(cnn, x, y)
     assert result.x_adv.shape == x.shape
     assert result.success.shape == (0,)
 
 
-def test_model_without_input_gradient_is_refused(mnist) -> None:
+def test_model_without_input_gradient_is_refused(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
     class Detached(nn.Module):
         def __init__(self) -> None:
             super().__init__()

@@ -1,4 +1,4 @@
-"""Attacks behind one interface: ``attack(model, x, y) -> x_adv`` and ``attack.run(...) -> AttackResult``."""
+"""Attacks behind one interface: ``attack(model, x, y)`` gives ``x_adv``; ``attack.run``, more."""
 
 from mlsec.attacks.base import Attack, AttackResult, Perturbation, Problem
 from mlsec.attacks.fgsm import FGSM

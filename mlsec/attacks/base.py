@@ -35,6 +35,7 @@ class AttackResult:
             target (targeted).
         logits: the model's output on ``x_adv``.
         queries: forward passes of the model spent per sample.
+
     """
 
     x_adv: torch.Tensor
@@ -96,6 +97,7 @@ class Attack(abc.ABC):
         norm: ``"linf"`` or ``"l2"``.
         bounds: ``(low, high)`` that every input value lies in.
         seed: seed of the attack's randomness; the same seed gives the same result.
+
     """
 
     name: ClassVar[str] = ""
@@ -150,6 +152,7 @@ class Attack(abc.ABC):
 
         Returns:
             An :class:`AttackResult`; ``x``, ``y`` and ``model`` are left unchanged.
+
         """
         check_batch(model, x, y, target, self.bounds)
         dtype = _model.compute_dtype(model, x)

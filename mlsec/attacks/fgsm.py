@@ -1,11 +1,12 @@
 """The fast gradient sign method (Goodfellow et al. 2015): one projected gradient step of size eps.
 
-With ``norm="l2"`` it is the fast gradient method (FGM): one step of size eps along the l2-normalised
-gradient.
+With ``norm="l2"`` it is the fast gradient method (FGM): one step of size eps along the
+l2-normalised gradient.
 
 References:
     I. Goodfellow, J. Shlens, C. Szegedy. Explaining and Harnessing Adversarial Examples. ICLR 2015.
     arXiv:1412.6572.
+
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class FGSM(Attack):
 
     References:
         Goodfellow et al., Explaining and Harnessing Adversarial Examples, ICLR 2015.
+
     """
 
     def _perturb(self, problem: Problem) -> Perturbation:

@@ -3,6 +3,7 @@
 References:
     A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu. Towards Deep Learning Models Resistant
     to Adversarial Attacks. ICLR 2018. arXiv:1706.06083.
+
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def projected_gradient_ascent(
         hit = problem.succeeded(logits, labels)
         new = hit & ~found
         best_x = torch.where(_per_sample(new, x_now), x_now, best_x)
-        best_logits = logits if best_logits is None else torch.where(new[:, None], logits, best_logits)
+        best_logits = (
+            logits if best_logits is None else torch.where(new[:, None], logits, best_logits)
+        )
         found = found | hit
 
     for _ in range(steps):
@@ -84,7 +87,9 @@ def projected_gradient_ascent(
     score = torch.where(found, torch.full_like(final_loss, float("inf")), final_loss)
     pick = score.view(restarts, batch).argmax(dim=0)
     rows = pick * batch + torch.arange(batch, device=x.device)
-    return Perturbation(x_adv=best_x[rows], logits=best_logits[rows], queries=restarts * (steps + 1))
+    return Perturbation(
+        x_adv=best_x[rows], logits=best_logits[rows], queries=restarts * (steps + 1)
+    )
 
 
 @register_attack("pgd")
@@ -108,6 +113,7 @@ class PGD(Attack):
 
     References:
         Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018.
+
     """
 
     steps: int = 40
@@ -119,7 +125,11 @@ class PGD(Attack):
         super().__post_init__()
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise InputError(f"steps must be an integer >= 1 (got {self.steps!r})")
-        if not isinstance(self.restarts, int) or isinstance(self.restarts, bool) or self.restarts < 1:
+        if (
+            not isinstance(self.restarts, int)
+            or isinstance(self.restarts, bool)
+            or self.restarts < 1
+        ):
             raise InputError(f"restarts must be an integer >= 1 (got {self.restarts!r})")
         if self.step_size is not None and not (
             isinstance(self.step_size, int | float) and self.step_size > 0

@@ -34,6 +34,7 @@ def list_attacks() -> list[str]:
     Example:
         >>> list_attacks()
         ['fgsm', 'pgd']
+
     """
     return sorted(_REGISTRY)
 
@@ -52,8 +53,10 @@ def create(name: str, **params: Any) -> Attack:
     """Build a registered attack from its name and hyperparameters.
 
     Example:
-        >>> create("pgd", eps=0.3, steps=40)
-        PGD(eps=0.3, norm='linf', bounds=(0.0, 1.0), seed=0, steps=40, step_size=None, random_start=True, restarts=1)
+        >>> attack = create("pgd", eps=0.3, steps=40)
+        >>> attack.steps, attack.eps, attack.norm
+        (40, 0.3, 'linf')
+
     """
     cls = get(name)
     known = {field.name for field in dataclasses.fields(cls)}

@@ -66,6 +66,7 @@ def load(name: str) -> nn.Module:
         >>> model = load("mnist-cnn")
         >>> model.training
         False
+
     """
     try:
         entry = _ENTRIES[name]
@@ -74,6 +75,6 @@ def load(name: str) -> nn.Module:
             f"unknown model {name!r}; bundled models: {', '.join(list_models())}"
         ) from None
     model = entry.build()
-    blob = resources.files("mlsec.zoo").joinpath("weights", entry.weights).read_bytes()
+    blob = resources.files("mlsec.zoo").joinpath(f"weights/{entry.weights}").read_bytes()
     model.load_state_dict(load_safetensors(blob))
     return model.eval()

@@ -6,7 +6,7 @@ from torch import nn
 
 
 def mnist_cnn() -> nn.Sequential:
-    """Small MNIST CNN: two 5x5 convolutions with max pooling, then two linear layers (171k weights)."""
+    """Small MNIST CNN: two 5x5 convolutions with max pooling, two linear layers (171k weights)."""
     return nn.Sequential(
         nn.Conv2d(1, 16, 5, padding=2),
         nn.ReLU(),

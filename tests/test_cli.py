@@ -1,0 +1,259 @@
+"""The command line as a user runs it: the bundled default, user entry points, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+import mlsec
+from mlsec.attacks import FGSM
+from mlsec.cli import main
+
+
+@pytest.fixture(scope="module")
+def default_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """``mlsec audit --json`` on the bundled default, as a real subprocess."""
+    out = tmp_path_factory.mktemp("audit") / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlsec", "audit", "--json", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return proc, json.loads(out.read_text()) if out.exists() else {}
+
+
+def test_default_audit_exits_zero_with_a_table(
+    default_run: tuple[subprocess.CompletedProcess[str], dict],
+) -> None:
+    proc, report = default_run
+    assert proc.returncode == 0, proc.stderr
+    assert "worst case" in proc.stdout
+    assert "clean accuracy" in proc.stdout
+    assert report["schema_version"] == 1
+    assert report["model"] == "mnist-cnn" and report["data"] == "mnist-sample"
+    assert report["n"] == 2000
+    assert report["warnings"] == []
+
+
+def test_default_audit_numbers_match_direct_computation(
+    default_run: tuple[subprocess.CompletedProcess[str], dict],
+    mnist: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    _, report = default_run
+    x, y = mnist
+    model = mlsec.zoo.load("mnist-cnn")
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    assert report["clean_accuracy"] == pytest.approx(correct.float().mean().item(), abs=1e-9)
+    assert report["clean_accuracy"] >= 0.97
+
+    results = {(r["attack"], r["eps"]): r["robust_accuracy"] for r in report["results"]}
+    assert set(results) == {(a, e) for a in ("fgsm", "pgd") for e in (0.1, 0.2, 0.3)}
+    # FGSM is deterministic: recompute it on every sample; a sample counts as robust at eps only
+    # if it survives every eps up to it (a smaller perturbation is admissible at a larger eps).
+    alive = correct.clone()
+    for eps in (0.1, 0.2, 0.3):
+        alive &= ~FGSM(eps=eps).run(model, x, y).success
+        # Batching may flip a sign of a numerically zero gradient component: allow 1 sample.
+        assert results[("fgsm", eps)] == pytest.approx(alive.float().mean().item(), abs=1 / 2000)
+
+    worst = {w["eps"]: w["robust_accuracy"] for w in report["worst_case"]}
+    previous = 1.0
+    for eps in (0.1, 0.2, 0.3):
+        assert results[("pgd", eps)] <= results[("fgsm", eps)]
+        assert worst[eps] <= min(results[("pgd", eps)], results[("fgsm", eps)])
+        assert worst[eps] <= previous
+        previous = worst[eps]
+    assert results[("pgd", 0.1)] < 0.8 * report["clean_accuracy"]
+    assert results[("pgd", 0.3)] <= 0.01
+    assert set(report["attack_seconds"]) == {"fgsm", "pgd"}
+
+
+def test_attacks_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["attacks"]) == 0
+    out = capsys.readouterr().out
+    for name in mlsec.attacks.list_attacks():
+        assert name in out
+
+
+@pytest.fixture
+def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A user's module with models and data in every accepted form, importable from the cwd."""
+    name = f"usermod_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch.utils.data import DataLoader, TensorDataset
+            import mlsec
+
+            def _sample():
+                x, y = mlsec.datasets.mnist_sample()
+                return x[:120], y[:120]
+
+            def model():
+                return mlsec.zoo.load("mnist-cnn")
+
+            def softmax_model():
+                return torch.nn.Sequential(mlsec.zoo.load("mnist-cnn"), torch.nn.Softmax(dim=1))
+
+            def nan_model():
+                net = mlsec.zoo.load("mnist-cnn")
+                with torch.no_grad():
+                    net[-1].bias.fill_(float("nan"))
+                return net
+
+            def not_a_model():
+                return 42
+
+            def broken_model():
+                raise RuntimeError("weights file missing")
+
+            def pair():
+                return _sample()
+
+            def dataset():
+                return TensorDataset(*_sample())
+
+            def loader():
+                return DataLoader(TensorDataset(*_sample()), batch_size=32)
+
+            def bad_labels():
+                x, y = _sample()
+                return x, y + 5
+
+            def bad_shapes():
+                x, y = _sample()
+                return x, y[:10]
+
+            def out_of_bounds():
+                x, y = _sample()
+                return x * 255, y
+
+            def uint8_images():
+                x, y = _sample()
+                return (x * 255).to(torch.uint8), y
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    return name
+
+
+def _run_json(args: list[str], path: Path) -> dict:
+    assert main([*args, "--json", str(path), "--no-progress"]) == 0
+    return json.loads(path.read_text())
+
+
+def test_user_model_and_data_in_every_form(
+    user_module: str, tmp_path: Path, mnist: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    common = ["audit", "--model", f"{user_module}:model", "--attacks", "fgsm", "--eps", "0.1,0.3"]
+    reports = [
+        _run_json([*common, "--data", f"{user_module}:{form}"], tmp_path / f"{form}.json")
+        for form in ("pair", "dataset", "loader")
+    ]
+    x, y = mnist[0][:120], mnist[1][:120]
+    direct = mlsec.audit(mlsec.zoo.load("mnist-cnn"), (x, y), attacks=["fgsm"], eps=[0.1, 0.3])
+    for report in reports:
+        assert report["n"] == 120
+        assert report["clean_accuracy"] == pytest.approx(direct.clean_accuracy)
+        for row in report["results"]:
+            assert row["robust_accuracy"] == pytest.approx(
+                direct.robust_accuracy("fgsm", row["eps"])
+            )
+
+
+def test_probability_outputs_are_warned_about(
+    user_module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _run_json(
+        [
+            "audit",
+            "--model",
+            f"{user_module}:softmax_model",
+            "--data",
+            f"{user_module}:pair",
+            "--attacks",
+            "fgsm",
+            "--eps",
+            "0.1",
+        ],
+        tmp_path / "soft.json",
+    )
+    assert any("probabilities" in w for w in report["warnings"])
+    assert "warning" in capsys.readouterr().out
+
+
+BAD_INPUT = [
+    (["--eps", "-0.1"], "--eps values must be >= 0"),
+    (["--eps", "abc"], "expected comma-separated numbers"),
+    (["--steps", "0"], "must be >= 1"),
+    (["--attacks", "nope"], "unknown attack 'nope'"),
+    (["--model", "mnist-cnnx"], "unknown model 'mnist-cnnx'"),
+    (["--model", "no_such_module_xyz:f"], "cannot import module 'no_such_module_xyz'"),
+    (["--model", "{mod}:missing"], "has no attribute 'missing'"),
+    (["--model", "{mod}:not_a_model"], "must return a torch.nn.Module"),
+    (["--model", "{mod}:broken_model"], "raised RuntimeError: weights file missing"),
+    (["--model", "{mod}:nan_model"], "NaN or infinite logits"),
+    (["--data", "mnist"], "unknown data set 'mnist'"),
+    (["--data", "{mod}:bad_labels"], "labels lie in"),
+    (["--data", "{mod}:bad_shapes"], "need inputs [n, ...] and labels [n]"),
+    (["--data", "{mod}:out_of_bounds"], "outside the bounds"),
+    (["--data", "{mod}:uint8_images"], "divide by 255"),
+    (["--json", "/no/such/folder/report.json"], "does not exist"),
+    (["--bounds", "1,0"], "--bounds must be LOW,HIGH"),
+    (["--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "cuda"),
+    (["--frobnicate"], "unrecognized arguments"),
+]
+
+
+def run_cli(argv: list[str]) -> int | str | None:
+    """The exit code of ``mlsec argv``: returned by main, or raised by argparse as SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUT)
+def test_bad_input_exits_2_with_one_line(
+    args: list[str], message: str, user_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "audit",
+        *[a.replace("{mod}", user_module) for a in args],
+        "--no-progress",
+        "--limit",
+        "50",
+    ]
+    assert run_cli(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("mlsec: ")
+    assert message in lines[0]
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlsec", "audit", "--model", "no_such_module_xyz:f"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
