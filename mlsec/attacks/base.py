@@ -176,9 +176,11 @@ class Attack(abc.ABC):
                 answer = self._perturb(problem)
             x_adv = problem.clip(xc, answer.x_adv.detach())
             logits, queries = answer.logits, answer.queries
-            if x_adv.dtype != x.dtype:
-                x_adv = _fit_dtype(x, x_adv, problem).to(dtype)
-                logits = None
+            x_out = x_adv
+            if x.dtype != dtype:
+                # Fit the ball in the caller's dtype; the model sees what the caller gets back.
+                x_out = _fit_dtype(x, x_adv, problem)
+                x_adv, logits = x_out.to(dtype), None
             if logits is None or not torch.equal(x_adv, answer.x_adv):
                 with torch.no_grad():
                     logits = model(x_adv)
@@ -188,9 +190,7 @@ class Attack(abc.ABC):
                     "the model returned NaN or infinite logits; check its weights and inputs"
                 )
             success = problem.succeeded(logits, problem.labels)
-        return AttackResult(
-            x_adv=x_adv.to(x.dtype), success=success, logits=logits.detach(), queries=queries
-        )
+        return AttackResult(x_adv=x_out, success=success, logits=logits.detach(), queries=queries)
 
     @abc.abstractmethod
     def _perturb(self, problem: Problem) -> Perturbation:
