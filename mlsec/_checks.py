@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -55,13 +57,16 @@ def check_batch(
 
 
 def check_labels(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
 ) -> None:
     """Check label ranges against the model's number of outputs (one forward of one sample)."""
     if x.shape[0] == 0:
         return
     with torch.no_grad():
-        out = model(x[:1])
+        out = run_model(forward, x[:1])
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"the model must return logits [batch, classes] (got {shape})")
@@ -77,3 +82,15 @@ def check_labels(
                 f"{name} holds labels in [{low}, {high}] but the model has {classes} outputs; "
                 f"labels must lie in [0, {classes - 1}]"
             )
+
+
+def run_model(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``forward(x)``, with a model that cannot take inputs of this shape reported as bad input."""
+    try:
+        return forward(x)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            f"the model failed on inputs of shape {tuple(x.shape[1:])} per sample ({first}); "
+            "check that the data matches what the model expects"
+        ) from None

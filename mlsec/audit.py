@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from mlsec import _model
-from mlsec._checks import check_batch
+from mlsec._checks import check_batch, run_model
 from mlsec.attacks import FGSM, PGD, Attack, create
 from mlsec.errors import InputError
 from mlsec.threat import Norm
@@ -250,7 +250,7 @@ def audit(
         outputs = []
         with _model.frozen(model), torch.no_grad():
             for rows in batches:
-                out = model(x[rows].to(device).to(_model.compute_dtype(model, x)))
+                out = run_model(model, x[rows].to(device).to(_model.compute_dtype(model, x)))
                 if not isinstance(out, torch.Tensor) or out.dim() != 2:
                     raise InputError("the model must return logits [batch, classes]")
                 outputs.append(out.float().cpu())
@@ -288,7 +288,7 @@ def audit(
                     AttackOutcome(
                         attack=label,
                         eps=value,
-                        robust_accuracy=alive.float().mean().item(),
+                        robust_accuracy=int(alive.sum()) / n,
                         attacked=len(todo),
                         seconds=seconds,
                         params={k: v for k, v in configured.params().items() if k != "eps"},
@@ -298,13 +298,13 @@ def audit(
     worst_case = {}
     for value in grid:
         survives = torch.stack([robust[(label, value)] for label in labels]).all(dim=0)
-        worst_case[value] = survives.float().mean().item()
+        worst_case[value] = int(survives.sum()) / n
     return AuditReport(
         model=model_name,
         data=data_name,
         norm=chosen[0].norm if len({a.norm for a in chosen}) == 1 else "mixed",
         n=n,
-        clean_accuracy=correct.float().mean().item(),
+        clean_accuracy=int(correct.sum()) / n,
         outcomes=outcomes,
         worst_case=worst_case,
         warnings=warnings,

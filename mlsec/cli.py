@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports errors in the house style: one line, exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"mlsec: {message} (see mlsec {self.prog.split()[-1]} --help)", file=sys.stderr)
+        print(f"mlsec: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -125,6 +125,8 @@ def _device(name: str) -> torch.device:
 
 
 def _check_writable(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(f"--json: {path} is a folder; give a file path such as {path}/report.json")
     parent = path.resolve().parent
     if not parent.is_dir():
         raise InputError(f"--json: folder {parent} does not exist")
@@ -184,19 +186,19 @@ def _audit(args: argparse.Namespace) -> int:
     if any(e < 0 for e in args.eps):
         raise InputError(f"--eps values must be >= 0 (got {','.join(f'{e:g}' for e in args.eps)})")
     device = _device(args.device)
+    # The user's modules load first: they may register attacks of their own.
+    model, model_name = load_model(args.model)
+    (x, y), data_name = load_data(args.data)
     common = {"norm": args.norm, "bounds": tuple(args.bounds), "seed": args.seed}
-    extra = {"pgd": {"steps": args.steps, "restarts": args.restarts}}
+    # --steps and --restarts reach every attack that has such a parameter.
+    iterative = {"steps": args.steps, "restarts": args.restarts}
     chosen = []
     for name in [part.strip().lower() for part in args.attacks.split(",") if part.strip()]:
-        cls = attack_registry.get(name)
-        fields = {field.name for field in dataclasses.fields(cls)}
-        params = {k: v for k, v in extra.get(name, {}).items() if k in fields}
+        fields = {field.name for field in dataclasses.fields(attack_registry.get(name))}
+        params = {k: v for k, v in iterative.items() if k in fields}
         chosen.append(attack_registry.create(name, eps=min(args.eps), **common, **params))
     if not chosen:
         raise InputError("--attacks: give at least one attack")
-
-    model, model_name = load_model(args.model)
-    (x, y), data_name = load_data(args.data)
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     model = model.to(device)

@@ -87,23 +87,32 @@ def _pairs(items: Iterable[Any], option: str) -> tuple[list[torch.Tensor], list[
     return xs, ys
 
 
-def as_tensors(data: Any, option: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a Dataset, a DataLoader or an ``(x, y)`` pair into ``(x, y)`` tensors, checked."""
+def _collect(data: Any, option: str) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(data, DataLoader):
         xs, ys = _pairs(data, option)
-        x, y = torch.cat(xs), torch.cat(ys)
-    elif isinstance(data, Dataset):
+        return torch.cat(xs), torch.cat(ys)
+    if isinstance(data, Dataset):
         if not hasattr(data, "__len__"):
             raise InputError(f"{option}: a Dataset must define __len__")
         xs, ys = _pairs((data[i] for i in range(len(data))), option)
-        x, y = torch.stack(xs), torch.stack(ys)
-    elif isinstance(data, tuple | list) and len(data) == 2:
-        x, y = torch.as_tensor(data[0]), torch.as_tensor(data[1])
-    else:
+        return torch.stack(xs), torch.stack(ys)
+    if isinstance(data, tuple | list) and len(data) == 2:
+        return torch.as_tensor(data[0]), torch.as_tensor(data[1])
+    raise InputError(
+        f"{option} must give a Dataset, a DataLoader or an (x, y) pair (got {type(data).__name__})"
+    )
+
+
+def as_tensors(data: Any, option: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a Dataset, a DataLoader or an ``(x, y)`` pair into ``(x, y)`` tensors, checked."""
+    try:
+        x, y = _collect(data, option)
+    except (TypeError, ValueError, RuntimeError) as error:
+        # Items torch cannot turn into tensors: PIL images, ragged shapes, strings, ...
         raise InputError(
-            f"{option} must give a Dataset, a DataLoader or an (x, y) pair "
-            f"(got {type(data).__name__})"
-        )
+            f"{option}: cannot turn the data into tensors ({type(error).__name__}: {error}); "
+            "give tensors of equal shape, e.g. images after ToTensor()"
+        ) from None
     if not x.is_floating_point():
         raise InputError(
             f"{option}: inputs must be floating point within the bounds (got {x.dtype}); "

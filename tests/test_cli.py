@@ -141,6 +141,13 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
                 x, y = _sample()
                 return x * 255, y
 
+            def wrong_shape():
+                x, y = _sample()
+                return torch.rand(len(y), 3, 32, 32), y
+
+            def ragged():
+                return [torch.rand(1, 28, 28), torch.rand(1, 20, 20)], torch.tensor([0, 1])
+
             def uint8_images():
                 x, y = _sample()
                 return (x * 255).to(torch.uint8), y
@@ -212,7 +219,10 @@ BAD_INPUT = [
     (["--data", "{mod}:bad_shapes"], "need inputs [n, ...] and labels [n]"),
     (["--data", "{mod}:out_of_bounds"], "outside the bounds"),
     (["--data", "{mod}:uint8_images"], "divide by 255"),
+    (["--data", "{mod}:wrong_shape"], "the model failed on inputs of shape (3, 32, 32)"),
+    (["--data", "{mod}:ragged"], "cannot turn the data into tensors"),
     (["--json", "/no/such/folder/report.json"], "does not exist"),
+    (["--json", "."], "is a folder"),
     (["--bounds", "1,0"], "--bounds must be LOW,HIGH"),
     (["--device", "cuda:99" if torch.cuda.is_available() else "cuda"], "cuda"),
     (["--frobnicate"], "unrecognized arguments"),
@@ -257,3 +267,46 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_user_registered_attack_runs_with_cli_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"plugin_{uuid.uuid4().hex[:8]}"
+    attack = f"counting{uuid.uuid4().hex[:6]}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            f"""
+            from dataclasses import dataclass
+            import mlsec
+            from mlsec.attacks import PGD, register_attack
+
+            @register_attack("{attack}")
+            @dataclass(frozen=True, kw_only=True)
+            class Counting(PGD):
+                pass
+
+            def model():
+                return mlsec.zoo.load("mnist-cnn")
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    report = _run_json(
+        [
+            "audit",
+            "--model",
+            f"{name}:model",
+            "--attacks",
+            attack,
+            "--steps",
+            "3",
+            "--eps",
+            "0.2",
+            "--limit",
+            "40",
+        ],
+        tmp_path / "plugin.json",
+    )
+    assert report["results"][0]["attack"] == attack
+    assert report["results"][0]["params"]["steps"] == 3

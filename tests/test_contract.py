@@ -347,3 +347,24 @@ def test_model_without_input_gradient_is_refused(mnist: tuple[torch.Tensor, torc
 
     with pytest.raises(InputError, match="no gradient with respect to its input"):
         PGD(eps=0.3, steps=2).run(Detached(), mnist[0][:4], mnist[1][:4])
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_bfloat16_model_keeps_eps_exact(
+    name: str, input_dtype: torch.dtype, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    # eps 0.3 is not a bfloat16 number: the attack must not round it up to 0.30078125.
+    model = cnn.to(torch.bfloat16)
+    x, y = mnist[0][:32].to(input_dtype), mnist[1][:32]
+    result = fast_attack(name, eps=0.3).run(model, x, y)
+    assert result.x_adv.dtype == input_dtype
+    assert distance(result.x_adv, x, "linf").max().item() <= 0.3 + 1e-6
+    assert result.success.float().mean().item() >= 0.8
+
+
+def test_registry_refuses_duplicate_and_upper_case_names() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        mlsec.attacks.register_attack("pgd")(PGD)
+    with pytest.raises(ValueError, match="lower case"):
+        mlsec.attacks.register_attack("MyAttack")(PGD)

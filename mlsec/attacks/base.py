@@ -55,9 +55,14 @@ class Perturbation:
 
 @dataclass(frozen=True, kw_only=True)
 class Problem:
-    """One attack problem, with everything on the input's device in the model's dtype."""
+    """One attack problem, on the input's device.
+
+    The attack's arithmetic (inputs, eps, bounds, perturbations) runs in at least float32 even for
+    a bfloat16 model, so eps is not rounded; :meth:`forward` hands the model its own dtype.
+    """
 
     model: nn.Module
+    model_dtype: torch.dtype
     x: torch.Tensor
     y: torch.Tensor
     target: torch.Tensor | None
@@ -66,6 +71,11 @@ class Problem:
     low: torch.Tensor
     high: torch.Tensor
     generator: torch.Generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for ``x``, cast to the model's dtype if needed."""
+        out: torch.Tensor = self.model(x if x.dtype == self.model_dtype else x.to(self.model_dtype))
+        return out
 
     @property
     def labels(self) -> torch.Tensor:
@@ -155,11 +165,13 @@ class Attack(abc.ABC):
 
         """
         check_batch(model, x, y, target, self.bounds)
-        dtype = _model.compute_dtype(model, x)
+        model_dtype = _model.compute_dtype(model, x)
+        dtype = torch.promote_types(model_dtype, torch.float32)
         with _model.frozen(model), torch.enable_grad():
             xc = x.detach().to(dtype)
             problem = Problem(
                 model=model,
+                model_dtype=model_dtype,
                 x=xc,
                 y=y.detach(),
                 target=None if target is None else target.detach(),
@@ -169,7 +181,7 @@ class Attack(abc.ABC):
                 high=torch.tensor(self.bounds[1], dtype=dtype, device=x.device),
                 generator=torch.Generator(device=x.device).manual_seed(self.seed),
             )
-            check_labels(model, xc, y, target)
+            check_labels(problem.forward, xc, y, target)
             if x.shape[0] == 0:
                 answer = Perturbation(x_adv=xc, logits=None, queries=0)
             else:
@@ -183,7 +195,7 @@ class Attack(abc.ABC):
                 x_adv, logits = x_out.to(dtype), None
             if logits is None or not torch.equal(x_adv, answer.x_adv):
                 with torch.no_grad():
-                    logits = model(x_adv)
+                    logits = problem.forward(x_adv)
                 queries += 1
             if not bool(torch.isfinite(logits).all()):
                 raise InputError(

@@ -41,7 +41,7 @@ def projected_gradient_ascent(
     batch = problem.x.shape[0]
     x = problem.x.repeat(restarts, *([1] * (problem.x.dim() - 1)))
     labels = problem.labels.repeat(restarts)
-    geometry, model = problem.geometry, problem.model
+    geometry = problem.geometry
     step = torch.tensor(step_size, dtype=x.dtype, device=x.device)
 
     x_adv = x
@@ -64,7 +64,7 @@ def projected_gradient_ascent(
 
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
-        logits = model(x_adv)
+        logits = problem.forward(x_adv)
         if not logits.requires_grad:
             raise InputError(
                 "the model's output has no gradient with respect to its input (detached, or "
@@ -76,7 +76,7 @@ def projected_gradient_ascent(
         x_adv = problem.clip(x, x_adv.detach() + step * geometry.ascent(grad))
 
     with torch.no_grad():
-        logits = model(x_adv)
+        logits = problem.forward(x_adv)
         final_loss = problem.loss(logits, labels)
     record(x_adv, logits)
     assert best_logits is not None

@@ -19,6 +19,8 @@ def register_attack(name: str) -> Callable[[A], A]:
     """Class decorator that registers an attack under ``name``; a duplicate name is an error."""
 
     def decorate(cls: A) -> A:
+        if name != name.lower() or not name:
+            raise ValueError(f"attack names are non-empty and lower case (got {name!r})")
         if name in _REGISTRY:
             raise ValueError(f"attack name {name!r} is already registered by {_REGISTRY[name]!r}")
         cls.name = name
