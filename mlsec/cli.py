@@ -1,6 +1,6 @@
 """The ``mlsec`` command line: ``mlsec audit`` and ``mlsec attacks``.
 
-Exit codes: 0 success, 1 a robustness threshold failed, 2 bad usage or input.
+Exit codes: 0 success, 1 a robustness threshold failed, 2 bad usage or input, 3 internal error.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import dataclasses
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -249,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mlsec: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug in mlsec (or the user's model): keep the traceback, not exit 1
+        traceback.print_exc()
+        print("mlsec: internal error (the traceback above says where); exit 3", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
