@@ -9,8 +9,12 @@ Usage (from the repository root, with mlsec installed)::
 All runners attack the same model (in eval mode), the same batch and the same number of steps:
 
   bound         steps x (forward + backward of the summed cross-entropy w.r.t. the input only,
-                parameters' requires_grad off); no projection, no bookkeeping. No PGD can be
-                faster, so mlsec / bound is mlsec's overhead.
+                parameters' requires_grad off) at the clean batch; no projection, no bookkeeping.
+                mlsec / bound is mlsec's overhead over the bare gradient computations.
+  bound@start   the same loop at the random start point (the clean batch plus the uniform noise
+                mlsec draws with seed 0, clipped). Shown for information: on the CPU some kernels
+                (max pooling) run slower on noisy inputs than on clean MNIST digits, which every
+                PGD pays and the clean bound does not.
   mlsec         mlsec.attacks.PGD(eps=0.3, step_size=0.01, steps=steps, random_start=True).run
   art           ART's ProjectedGradientDescentPyTorch through a PyTorchClassifier, eps=0.3,
                 eps_step=0.01, max_iter=steps, num_random_init=1 (one uniform start in the eps
@@ -21,9 +25,18 @@ All runners attack the same model (in eval mode), the same batch and the same nu
   torchattacks  torchattacks.PGD(model, eps=0.3, alpha=0.01, steps=steps, random_start=True),
                 skipped if torchattacks does not import.
 
+  mlsec@eps0    the same mlsec PGD at eps 0: no sample can succeed, so none leaves the batch. On
+                the CPU mlsec drops a sample from the batch once it has succeeded (its result is
+                fixed); this row shows the loop's cost when that saves nothing.
+
+Forward passes per run: bound and torchattacks steps; mlsec at most steps + 1 (it evaluates the
+final iterate to report success) plus a one-sample label check; ART steps + 1 (a final predict).
+
 Each runner is warmed up once, then timed --repeats times with time.perf_counter (after
 torch.cuda.synchronize() on CUDA). Repetitions are interleaved round-robin, with the order rotated
 every round, so that background load hits every runner alike; the ratios are of medians.
+On a busy machine, ``--threads 1 --clock cpu`` times with time.process_time instead: the CPU time
+the process used, which other processes' load disturbs much less than wall-clock time.
 
 On CUDA the model is a CIFAR-shaped PreAct-ResNet-18 with seeded random weights and the batch is
 seeded uniform noise with random labels: the speed of an attack does not depend on training.
@@ -185,8 +198,16 @@ class Runner:
     times: list[float] = field(default_factory=list)
 
 
-def bound_runner(setup: Setup, steps: int) -> Runner:
-    model, x, y = setup.model, setup.x, setup.y
+def random_start(setup: Setup) -> torch.Tensor:
+    """The start point mlsec's linf PGD draws with seed 0: x + U(-eps, eps), clipped to [0, 1]."""
+    generator = torch.Generator(device=setup.device).manual_seed(SEED)
+    noise = torch.rand(setup.x.shape, generator=generator, device=setup.device, dtype=setup.x.dtype)
+    return torch.clamp(setup.x + (2 * noise - 1) * EPS, 0.0, 1.0)
+
+
+def bound_runner(setup: Setup, steps: int, *, at_start: bool = False) -> Runner:
+    model, y = setup.model, setup.y
+    x = random_start(setup) if at_start else setup.x
 
     def call() -> torch.Tensor:
         xg = x.detach().clone().requires_grad_(True)
@@ -196,12 +217,14 @@ def bound_runner(setup: Setup, steps: int) -> Runner:
             (grad,) = torch.autograd.grad(loss, xg)
         return grad
 
-    return Runner(name="bound", call=call, context=lambda: params_frozen(model))
+    name = "bound@start" if at_start else "bound"
+    return Runner(name=name, call=call, context=lambda: params_frozen(model))
 
 
-def mlsec_runner(setup: Setup, steps: int) -> Runner:
-    attack = mlsec.attacks.PGD(eps=EPS, step_size=STEP_SIZE, steps=steps, random_start=True)
-    return Runner(name="mlsec", call=lambda: attack.run(setup.model, setup.x, setup.y))
+def mlsec_runner(setup: Setup, steps: int, *, eps: float = EPS) -> Runner:
+    attack = mlsec.attacks.PGD(eps=eps, step_size=STEP_SIZE, steps=steps, random_start=True)
+    name = "mlsec" if eps == EPS else f"mlsec@eps{eps:g}"
+    return Runner(name=name, call=lambda: attack.run(setup.model, setup.x, setup.y))
 
 
 def art_runner(setup: Setup, steps: int, *, frozen: bool) -> Runner | None:
@@ -259,29 +282,35 @@ def check_eval(model: nn.Module, runner: str) -> None:
         raise RuntimeError(f"attack_speed: the model is in training mode after {runner}")
 
 
-def time_once(runner: Runner, setup: Setup) -> float:
+def time_once(runner: Runner, setup: Setup, clock: Callable[[], float]) -> float:
     with runner.context():
         check_eval(setup.model, "setup")
         synchronize(setup.device)
-        start = time.perf_counter()
+        start = clock()
         runner.call()
         synchronize(setup.device)
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
     check_eval(setup.model, runner.name)
     return elapsed
 
 
-def measure(runners: list[Runner], setup: Setup, repeats: int, console: Console) -> None:
+def measure(
+    runners: list[Runner],
+    setup: Setup,
+    repeats: int,
+    clock: Callable[[], float],
+    console: Console,
+) -> None:
     """Warm every runner up once, then time them round-robin, rotating the order every round."""
     with console.status("warming up") as status:
         for runner in runners:
             status.update(f"warming up {runner.name}")
-            time_once(runner, setup)
+            time_once(runner, setup, clock)
         for rep in range(repeats):
             shift = rep % len(runners)
             for runner in runners[shift:] + runners[:shift]:
                 status.update(f"round {rep + 1}/{repeats}: {runner.name}")
-                runner.times.append(time_once(runner, setup))
+                runner.times.append(time_once(runner, setup, clock))
 
 
 # --------------------------------------------------------------------------- report
@@ -320,6 +349,7 @@ def environment(setup: Setup, args: argparse.Namespace) -> dict[str, object]:
         "input_shape": list(setup.input_shape),
         "steps": args.steps,
         "repeats": args.repeats,
+        "clock": "time.perf_counter" if args.clock == "wall" else "time.process_time",
         "eps": EPS,
         "step_size": STEP_SIZE,
     }
@@ -347,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per runner (default 7)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: time.perf_counter (default); cpu: time.process_time (CPU only)",
+    )
+    parser.add_argument(
         "--art-frozen-params",
         action="store_true",
         help="also time ART with the parameters' requires_grad off",
@@ -370,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
             "run on a machine with a CUDA GPU and a CUDA build of torch, or use --device cpu"
         )
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error(
+            "--clock cpu measures CPU time and is meaningless for GPU work; use --clock wall"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
@@ -377,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console()
     setup = build_setup(args.model, args.batch, torch.device(args.device))
-    runners = [bound_runner(setup, args.steps), mlsec_runner(setup, args.steps)]
+    runners = [
+        bound_runner(setup, args.steps),
+        bound_runner(setup, args.steps, at_start=True),
+        mlsec_runner(setup, args.steps),
+        mlsec_runner(setup, args.steps, eps=0.0),
+    ]
     extra = [art_runner(setup, args.steps, frozen=False), torchattacks_runner(setup, args.steps)]
     if args.art_frozen_params:
         extra.append(art_runner(setup, args.steps, frozen=True))
@@ -388,19 +433,16 @@ def main(argv: list[str] | None = None) -> int:
         "environment: " + ", ".join(f"{key}={value}" for key, value in env.items()),
         highlight=False,
     )
-    measure(runners, setup, args.repeats, console)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    measure(runners, setup, args.repeats, clock, console)
 
     results = {
-        r.name: {
-            "min": min(r.times),
-            "median": statistics.median(r.times),
-            "max": max(r.times),
-            "times": r.times,
-        }
+        r.name: {"min": min(r.times), "median": statistics.median(r.times), "max": max(r.times)}
         for r in runners
     }
     table = Table(title=f"{args.model}, batch {args.batch}, {args.steps} steps, {args.device}")
-    for column in ("runner", "min s", "median s", "max s", "median / bound"):
+    unit = "s" if args.clock == "wall" else "cpu s"
+    for column in ("runner", f"min {unit}", f"median {unit}", f"max {unit}", "median / bound"):
         table.add_column(column, justify="left" if column == "runner" else "right")
     bound_median = results["bound"]["median"]
     for name, stats in results.items():
@@ -418,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "art/mlsec": ratio(results, "art", "mlsec"),
         "torchattacks/mlsec": ratio(results, "torchattacks", "mlsec"),
     }
+    ratios["mlsec/bound@start"] = ratio(results, "mlsec", "bound@start")
+    ratios["mlsec@eps0/bound"] = ratio(results, "mlsec@eps0", "bound")
     if args.art_frozen_params:
         ratios["art_frozen/mlsec"] = ratio(results, "art (params frozen)", "mlsec")
     targets = {"mlsec/bound": ("<=", max_overhead), "art/mlsec": (">=", min_art)}
@@ -441,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         payload = {
             "environment": env,
-            "results": results,
+            "results": {r.name: {**results[r.name], "times": r.times} for r in runners},
             "ratios": ratios,
             "targets": {key: {"op": op, "value": v} for key, (op, v) in targets.items()},
             "targets_met": verdicts,

@@ -35,32 +35,42 @@ def projected_gradient_ascent(
 
     Each sample keeps its first successful iterate (so the result is never weaker than the last
     iterate); a sample that never succeeds keeps the last iterate of the restart with the highest
-    loss. The loop does one forward and one input-gradient backward per step, reads success from
-    the logits it already has and never synchronises with the host.
+    loss. Each step is one forward and one input-gradient backward; success is read from the
+    logits the step already computed.
+
+    On an accelerator the batch keeps its shape and the loop never waits on the host. On the CPU,
+    where there is no device queue to stall, a sample leaves the batch once it has succeeded: its
+    result is fixed, so attacking it further is wasted work.
     """
     batch = problem.x.shape[0]
     x = problem.x.repeat(restarts, *([1] * (problem.x.dim() - 1)))
     labels = problem.labels.repeat(restarts)
     geometry = problem.geometry
     step = torch.tensor(step_size, dtype=x.dtype, device=x.device)
+    shrink = x.device.type == "cpu"
 
     x_adv = x
     if random_start:
         x_adv = problem.clip(x, x + geometry.random_start(x, problem.eps, problem.generator))
 
-    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    best_x = x_adv
+    total = x.shape[0]
+    found = torch.zeros(total, dtype=torch.bool, device=x.device)
+    best_x = x_adv.clone()
     best_logits: torch.Tensor | None = None
+    final_loss = torch.full((total,), float("-inf"), device=x.device)
+    rows = torch.arange(total, device=x.device)  # the rows still being attacked
+    x0, target = x, labels
 
-    def record(x_now: torch.Tensor, logits: torch.Tensor) -> None:
-        nonlocal found, best_x, best_logits
-        hit = problem.succeeded(logits, labels)
-        new = hit & ~found
-        best_x = torch.where(_per_sample(new, x_now), x_now, best_x)
-        best_logits = (
-            logits if best_logits is None else torch.where(new[:, None], logits, best_logits)
-        )
-        found = found | hit
+    def record(x_now: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        nonlocal best_logits
+        if best_logits is None:
+            best_logits = logits.new_zeros((total, logits.shape[1]))
+        hit = problem.succeeded(logits, target)
+        new = hit & ~found[rows]
+        best_x[rows] = torch.where(_per_sample(new, x_now), x_now, best_x[rows])
+        best_logits[rows] = torch.where(new[:, None], logits, best_logits[rows])
+        found[rows] = found[rows] | hit
+        return hit
 
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
@@ -70,25 +80,34 @@ def projected_gradient_ascent(
                 "the model's output has no gradient with respect to its input (detached, or "
                 "computed under torch.no_grad); gradient attacks need a differentiable model"
             )
-        loss = problem.loss(logits, labels)
+        loss = problem.loss(logits, target)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        record(x_adv.detach(), logits.detach())
-        x_adv = problem.clip(x, x_adv.detach() + step * geometry.ascent(grad))
+        hit = record(x_adv.detach(), logits.detach())
+        x_adv = problem.clip(x0, x_adv.detach() + step * geometry.ascent(grad))
+        if shrink:
+            keep = ~hit
+            rows, x0, target, x_adv = rows[keep], x0[keep], target[keep], x_adv[keep]
+            if rows.numel() == 0:
+                break
 
-    with torch.no_grad():
-        logits = problem.forward(x_adv)
-        final_loss = problem.loss(logits, labels)
-    record(x_adv, logits)
+    if rows.numel() > 0:
+        with torch.no_grad():
+            logits = problem.forward(x_adv)
+            final_loss[rows] = problem.loss(logits, target).float()
+        record(x_adv, logits)
+        assert best_logits is not None
+        # Samples that never succeeded keep their last iterate.
+        missed = ~found[rows]
+        best_x[rows] = torch.where(_per_sample(missed, x_adv), x_adv, best_x[rows])
+        best_logits[rows] = torch.where(missed[:, None], logits, best_logits[rows])
     assert best_logits is not None
-    best_x = torch.where(_per_sample(found, x_adv), best_x, x_adv)
-    best_logits = torch.where(found[:, None], best_logits, logits)
 
     # Per sample, the first restart that succeeded, else the one with the highest final loss.
     score = torch.where(found, torch.full_like(final_loss, float("inf")), final_loss)
     pick = score.view(restarts, batch).argmax(dim=0)
-    rows = pick * batch + torch.arange(batch, device=x.device)
+    chosen = pick * batch + torch.arange(batch, device=x.device)
     return Perturbation(
-        x_adv=best_x[rows], logits=best_logits[rows], queries=restarts * (steps + 1)
+        x_adv=best_x[chosen], logits=best_logits[chosen], queries=restarts * (steps + 1)
     )
 
 
