@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mlsec
-from mlsec.attacks import FGSM
+from mlsec.attacks import FGSM, registry
 from mlsec.cli import main
 
 
@@ -292,6 +292,8 @@ def test_user_registered_attack_runs_with_cli_steps(
         )
     )
     monkeypatch.chdir(tmp_path)
+    # The plugin registers into a copy of the registry, so it does not outlive this test.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     report = _run_json(
         [
             "audit",
