@@ -8,11 +8,12 @@ Example:
 
 """
 
-from mlsec import attacks, datasets, zoo
+from mlsec import attacks, datasets, testing, zoo
 from mlsec.attacks import Attack, AttackResult
-from mlsec.audit import AuditReport, audit
+from mlsec.audit import audit
 from mlsec.errors import InputError
 from mlsec.normalize import Normalized
+from mlsec.report import AuditReport
 from mlsec.threat import ThreatModel
 
 __version__ = "0.1.0"
@@ -27,5 +28,6 @@ __all__ = [
     "attacks",
     "audit",
     "datasets",
+    "testing",
     "zoo",
 ]

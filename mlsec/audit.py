@@ -1,159 +1,69 @@
-"""The audit runner: how a model's accuracy degrades under each attack and budget.
+"""The audit runner: how a model's accuracy degrades under a chain of attacks and budgets.
 
-For every attack the eps grid is walked in ascending order and only the samples that are still
-classified correctly are attacked again: an example found at a smaller eps is admissible at every
-larger one, so the numbers are those of attacking everything, for less time. The per-sample worst
-case over attacks is the mean over samples of the minimum over attacks (never the minimum of the
-per-attack means).
+Survivors only: the eps grid is walked in ascending order and, at each eps, the suite's attacks run
+in chain order, each on the samples nothing has broken yet. A sample broken at a smaller eps is
+broken at every larger one (the same example is admissible), and a sample one attack broke is not
+handed to the next. The per-sample worst case is the fraction of samples surviving every attack;
+it equals the naive run's (every attack on every sample at every eps) while costing less.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import platform
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 from torch import nn
 
-from mlsec import _model
+from mlsec import _model, checks
 from mlsec._checks import check_batch, run_model
-from mlsec.attacks import FGSM, PGD, Attack, create
+from mlsec.attacks import Attack, create
+from mlsec.checkpoint import BatchRecord, Checkpoint, fingerprint_model, fingerprint_tensors
 from mlsec.errors import InputError
+from mlsec.report import AttackOutcome, AuditReport, Example
+from mlsec.suite import DEFAULT_EPS, Suite, SuiteEntry, load_suite
 from mlsec.threat import Norm
+from mlsec.thresholds import Threshold, check_against, evaluate
 
-__all__ = ["DEFAULT_EPS", "AttackOutcome", "AuditReport", "audit", "default_attacks"]
-
-SCHEMA_VERSION = 1
-DEFAULT_EPS = (0.1, 0.2, 0.3)
+__all__ = ["DEFAULT_EPS", "AttackOutcome", "AuditReport", "audit"]
 
 
-def default_attacks() -> list[Attack]:
-    """The default suite: FGSM and PGD-40 (step 2.5 eps / 40, random start), linf."""
-    return [FGSM(eps=0.0), PGD(eps=0.0, steps=40)]
+class _Rate(ProgressColumn):
+    """Samples per second."""
 
-
-@dataclass(frozen=True, kw_only=True)
-class AttackOutcome:
-    """Robust accuracy of one attack at one eps."""
-
-    attack: str
-    eps: float
-    robust_accuracy: float
-    attacked: int
-    seconds: float
-    params: dict[str, Any]
-
-
-@dataclass(frozen=True, kw_only=True)
-class AuditReport:
-    """The result of :func:`audit`.
-
-    Attributes:
-        n: number of samples evaluated.
-        clean_accuracy: accuracy on the unperturbed samples.
-        outcomes: one :class:`AttackOutcome` per attack and eps.
-        worst_case: eps -> fraction of samples that survive every attack at that eps.
-        warnings: signs that the evaluation may overstate robustness.
-        correct: bool ``[n]``, correctly classified clean samples.
-        robust: ``(attack, eps)`` -> bool ``[n]``, samples that survive that attack.
-
-    """
-
-    model: str
-    data: str
-    norm: str
-    n: int
-    clean_accuracy: float
-    outcomes: list[AttackOutcome]
-    worst_case: dict[float, float]
-    warnings: list[str]
-    environment: dict[str, str]
-    correct: torch.Tensor = field(repr=False)
-    robust: dict[tuple[str, float], torch.Tensor] = field(repr=False)
-
-    @property
-    def attacks(self) -> list[str]:
-        """Attack labels in the order they ran."""
-        return list(dict.fromkeys(outcome.attack for outcome in self.outcomes))
-
-    @property
-    def eps(self) -> list[float]:
-        """The eps grid, ascending."""
-        return sorted(self.worst_case)
-
-    def robust_accuracy(self, attack: str, eps: float) -> float:
-        """Robust accuracy of ``attack`` at ``eps``."""
-        for outcome in self.outcomes:
-            if outcome.attack == attack and math.isclose(outcome.eps, eps):
-                return outcome.robust_accuracy
-        raise KeyError(f"no result for attack {attack!r} at eps {eps}")
-
-    def seconds(self, attack: str) -> float:
-        """Total time spent on ``attack`` over the eps grid."""
-        return sum(outcome.seconds for outcome in self.outcomes if outcome.attack == attack)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything but the per-sample masks, as plain JSON types."""
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "model": self.model,
-            "data": self.data,
-            "norm": self.norm,
-            "n": self.n,
-            "clean_accuracy": self.clean_accuracy,
-            "results": [dataclasses.asdict(outcome) for outcome in self.outcomes],
-            "worst_case": [
-                {"eps": eps, "robust_accuracy": acc} for eps, acc in self.worst_case.items()
-            ],
-            "attack_seconds": {name: self.seconds(name) for name in self.attacks},
-            "warnings": list(self.warnings),
-            "environment": dict(self.environment),
-        }
-
-    def to_json(self) -> str:
-        """The report as JSON text (see :meth:`to_dict`)."""
-        return json.dumps(self.to_dict(), indent=2)
-
-
-def _labels(attacks: Sequence[Attack]) -> list[str]:
-    names = [attack.name for attack in attacks]
-    return [
-        name if names.count(name) == 1 else f"{name}-{names[: i + 1].count(name)}"
-        for i, name in enumerate(names)
-    ]
-
-
-def _environment(device: torch.device) -> dict[str, str]:
-    from mlsec import __version__
-
-    return {
-        "mlsec": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-    }
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} samples/s", style="cyan")
 
 
 @contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Progress]:
+def _progress(enabled: bool, console: Console | None) -> Iterator[Progress]:
     progress = Progress(
-        TextColumn("[bold]{task.description:<16}"),
+        TextColumn("[bold]{task.description:<22}"),
         BarColumn(),
         MofNCompleteColumn(),
+        _Rate(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
         disable=not enabled,
-        transient=False,
     )
     with progress:
         yield progress
@@ -165,42 +75,104 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _probability_warning(logits: torch.Tensor) -> str | None:
-    """A warning if the outputs look like probabilities (non-negative rows summing to 1)."""
-    if logits.numel() == 0:
-        return None
-    sums = logits.double().sum(dim=1)
-    if bool((logits >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
-        return (
-            "the model's outputs look like probabilities (rows sum to 1): softmax outputs weaken "
-            "gradients and can overstate robustness; audit the logits instead"
+def _environment(device: torch.device) -> dict[str, str]:
+    from mlsec import __version__
+
+    env = {
+        "mlsec": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _resolve_suite(
+    suite: Suite | str | Path | None,
+    attacks: Sequence[Attack | str] | None,
+    eps: Sequence[float] | None,
+    norm: Norm | None,
+    bounds: tuple[float, float] | None,
+) -> Suite:
+    if suite is not None and attacks is not None:
+        raise InputError("give either suite= or attacks=, not both")
+    if attacks is not None:
+        objects = [create(a, eps=0.0) if isinstance(a, str) else a for a in attacks]
+        names = [a.name for a in objects]
+        labels = [
+            n if names.count(n) == 1 else f"{n}-{names[: i + 1].count(n)}"
+            for i, n in enumerate(names)
+        ]
+        grid = tuple(sorted(float(e) for e in (eps if eps is not None else DEFAULT_EPS)))
+        if not objects:
+            raise InputError("give at least one attack")
+        resolved = Suite(
+            name="custom",
+            entries=tuple(
+                SuiteEntry(label=label, attack=attack, eps=grid)
+                for label, attack in zip(labels, objects, strict=True)
+            ),
         )
-    return None
+        eps = None
+    elif isinstance(suite, Suite):
+        resolved = suite
+    else:
+        resolved = load_suite(suite if suite is not None else "default")
+    if eps is not None and len(eps) == 0:
+        raise InputError("give at least one eps value")
+    grid_values = None if eps is None else [float(e) for e in eps]
+    if grid_values is not None and len(set(grid_values)) != len(grid_values):
+        raise InputError(f"eps values must be distinct (got {list(grid_values)})")
+    if any(e.eps and len(set(e.eps)) != len(e.eps) for e in resolved.entries):
+        raise InputError("eps values must be distinct")
+    return resolved.with_overrides(eps=grid_values, norm=norm, bounds=bounds)
 
 
 def audit(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
     *,
+    suite: Suite | str | Path | None = None,
     attacks: Sequence[Attack | str] | None = None,
-    eps: Sequence[float] = DEFAULT_EPS,
+    eps: Sequence[float] | None = None,
     norm: Norm | None = None,
+    bounds: tuple[float, float] | None = None,
+    thresholds: Sequence[Threshold] = (),
     batch_size: int = 500,
+    checkpoint: str | Path | None = None,
+    sanity_checks: bool = True,
+    survivors: bool = True,
+    examples: int = 8,
     progress: bool = False,
+    console: Console | None = None,
     model_name: str = "model",
     data_name: str = "data",
 ) -> AuditReport:
-    """Measure clean accuracy and robust accuracy under each attack at each eps.
+    """Measure clean accuracy and robust accuracy under a chain of attacks over an eps grid.
 
     Args:
         model: the classifier, returning logits; left in the mode it was given in.
-        data: ``(x, y)``: inputs within the attacks' bounds and integer labels.
-        attacks: attacks (their own eps is replaced by each grid value) or registered names;
-            default FGSM and PGD-40.
-        eps: the budgets, in input units.
-        norm: if given, overrides each attack's norm.
+        data: ``(x, y)``: inputs within the bounds and integer labels.
+        suite: a :class:`mlsec.suite.Suite`, a built-in suite name (``default``, ``quick``,
+            ``thorough``) or a TOML file; default ``default`` (FGSM, then PGD-40).
+        attacks: instead of a suite, attacks (their eps is replaced by each grid value) or
+            registered names, chained in this order.
+        eps: the budgets in input units; overrides the suite's grids.
+        norm: overrides every attack's norm.
+        bounds: overrides every attack's input bounds.
+        thresholds: CI thresholds (see :mod:`mlsec.thresholds`); their verdicts go in the report.
         batch_size: samples per attack call.
-        progress: show a rich progress bar on stderr.
+        checkpoint: a folder where each finished batch is recorded; an interrupted audit with the
+            same folder resumes where it stopped.
+        sanity_checks: run the gradient-masking checks (:mod:`mlsec.checks`).
+        survivors: attack only samples still standing (``False``: the naive run, every attack on
+            every sample at every eps; same numbers, more time).
+        examples: how many clean/adversarial pairs to keep for the report's image grid.
+        progress: show rich progress bars (on ``console``, default stderr).
+        console: where progress bars go.
         model_name: name of the model in the report.
         data_name: name of the data in the report.
 
@@ -217,44 +189,40 @@ def audit(
 
     """
     x, y = data
-    grid = sorted(float(e) for e in eps)
-    if not grid:
-        raise InputError("give at least one eps value")
-    if len(set(grid)) != len(grid):
-        raise InputError(f"eps values must be distinct (got {list(eps)})")
+    plan = _resolve_suite(suite, attacks, eps, norm, bounds)
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1 (got {batch_size})")
-    chosen = [
-        create(a, eps=grid[0]) if isinstance(a, str) else a
-        for a in (default_attacks() if attacks is None else attacks)
-    ]
-    if not chosen:
-        raise InputError("give at least one attack")
-    if norm is not None:
-        chosen = [dataclasses.replace(a, norm=norm) for a in chosen]
-    for attack in chosen:
-        for value in grid:
-            dataclasses.replace(attack, eps=value)  # validates every (attack, eps) up front
-    labels = _labels(chosen)
-    bounds = chosen[0].bounds
+    check_against(thresholds, plan)
     device = _model_device(model)
-    if isinstance(y, torch.Tensor) and x.shape[0] == 0:
+    if x.shape[0] == 0:
         raise InputError("the data set is empty")
-    check_batch(model, x.to(device), y.to(device), None, bounds)
+    check_batch(model, x.to(device), y.to(device), None, plan.bounds)
     n = x.shape[0]
-    batches = [(slice(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    was_training = any(module.training for module in model.modules())
+    store = None
+    if checkpoint is not None:
+        store = Checkpoint(
+            Path(checkpoint),
+            {
+                "model": fingerprint_model(model),
+                "data": fingerprint_tensors(x, y),
+                "suite": plan.to_config(),
+                "batch_size": batch_size,
+                "survivors": survivors,
+            },
+        )
 
-    warnings: list[str] = []
-    with _progress(progress, total=n) as bar:
-        clean_task = bar.add_task("clean", total=n)
+    with _progress(progress, console) as bar:
+        task = bar.add_task("clean", total=n)
         outputs = []
+        dtype = _model.compute_dtype(model, x)
         with _model.frozen(model), torch.no_grad():
-            for rows in batches:
-                out = run_model(model, x[rows].to(device).to(_model.compute_dtype(model, x)))
+            for start in range(0, n, batch_size):
+                out = run_model(model, x[start : start + batch_size].to(device, dtype))
                 if not isinstance(out, torch.Tensor) or out.dim() != 2:
                     raise InputError("the model must return logits [batch, classes]")
                 outputs.append(out.float().cpu())
-                bar.advance(clean_task, rows.stop - rows.start)
+                bar.advance(task, len(out))
         logits = torch.cat(outputs)
         if not bool(torch.isfinite(logits).all()):
             raise InputError("the model returned NaN or infinite logits on the clean data")
@@ -265,50 +233,127 @@ def audit(
                 f"labels lie in [{low}, {high}] but the model has {classes} outputs; "
                 f"labels must lie in [0, {classes - 1}]"
             )
-        if (warning := _probability_warning(logits)) is not None:
-            warnings.append(warning)
         correct = logits.argmax(dim=1) == y.cpu()
 
         outcomes: list[AttackOutcome] = []
         robust: dict[tuple[str, float], torch.Tensor] = {}
-        for label, attack in zip(labels, chosen, strict=True):
-            alive = correct.clone()
-            for value in grid:
-                configured = dataclasses.replace(attack, eps=value)
-                todo = alive.nonzero().flatten()
-                task = bar.add_task(f"{label} eps={value:g}", total=len(todo))
-                start = time.perf_counter()
-                for chunk in todo.split(batch_size):
-                    result = configured.run(model, x[chunk].to(device), y[chunk].to(device))
-                    alive[chunk] = ~result.success.cpu()
-                    bar.advance(task, len(chunk))
-                seconds = time.perf_counter() - start
-                robust[(label, value)] = alive.clone()
+        worst_case: dict[float, float] = {}
+        alive = correct.clone()  # standing after every attack at every eps so far
+        stage = 0
+        for value in plan.eps:
+            for entry in plan.at(value):
+                attack = dataclasses.replace(entry.attack, eps=value)
+                pool = alive if survivors else torch.ones_like(alive)
+                todo = pool.nonzero().flatten()
+                task = bar.add_task(f"{entry.label} eps={value:g}", total=len(todo))
+                seconds, broken_total = 0.0, 0
+                for number, chunk in enumerate(todo.split(batch_size)):
+                    indices = chunk.tolist()
+                    record = store.get(stage, number, indices) if store is not None else None
+                    if record is None:
+                        began = time.perf_counter()
+                        result = attack.run(model, x[chunk].to(device), y[chunk].to(device))
+                        broken = chunk[result.success.cpu()].tolist()
+                        record = BatchRecord(
+                            stage=stage,
+                            batch=number,
+                            indices=indices,
+                            broken=broken,
+                            seconds=time.perf_counter() - began,
+                        )
+                        if store is not None:
+                            store.append(record)
+                    newly = torch.tensor(record.broken, dtype=torch.long)
+                    broken_total += int(alive[newly].sum()) if len(newly) else 0
+                    alive[newly] = False
+                    seconds += record.seconds
+                    bar.advance(task, len(indices))
+                robust[(entry.label, value)] = alive.clone()
                 outcomes.append(
                     AttackOutcome(
-                        attack=label,
+                        attack=entry.label,
                         eps=value,
                         robust_accuracy=int(alive.sum()) / n,
                         attacked=len(todo),
+                        broken=broken_total,
                         seconds=seconds,
-                        params={k: v for k, v in configured.params().items() if k != "eps"},
+                        params={k: v for k, v in attack.params().items() if k != "eps"},
                     )
                 )
+                stage += 1
+            worst_case[value] = int(alive.sum()) / n
 
-    worst_case = {}
-    for value in grid:
-        survives = torch.stack([robust[(label, value)] for label in labels]).all(dim=0)
-        worst_case[value] = int(survives.sum()) / n
+        warnings: list[str] = []
+        if sanity_checks:
+            task = bar.add_task("sanity checks", total=None)
+            warnings += checks.model_checks(model, x, y, logits, was_training=was_training)
+            warnings += checks.attack_checks(model, x, y, correct, plan)
+            bar.update(task, total=1, completed=1)
+
+    accuracy = {key: int(mask.sum()) / n for key, mask in robust.items()}
+    accuracy.update({("worst", value): acc for value, acc in worst_case.items()})
     return AuditReport(
         model=model_name,
         data=data_name,
-        norm=chosen[0].norm if len({a.norm for a in chosen}) == 1 else "mixed",
+        norm=plan.norm,
+        bounds=plan.bounds,
         n=n,
         clean_accuracy=int(correct.sum()) / n,
         outcomes=outcomes,
         worst_case=worst_case,
         warnings=warnings,
+        thresholds=evaluate(thresholds, int(correct.sum()) / n, accuracy),
+        examples=_examples(model, x, y, plan, correct, robust, examples),
+        config={
+            "suite": plan.to_config(),
+            "batch_size": batch_size,
+            "survivors": survivors,
+            "sanity_checks": sanity_checks,
+            "thresholds": [t.spec for t in thresholds],
+        },
         environment=_environment(device),
         correct=correct,
         robust=robust,
     )
+
+
+def _examples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: Suite,
+    correct: torch.Tensor,
+    robust: dict[tuple[str, float], torch.Tensor],
+    limit: int,
+) -> list[Example]:
+    """A few samples each stage broke, attacked again alone to show the example it found."""
+    chosen: list[tuple[int, SuiteEntry, float]] = []
+    before = correct
+    per_stage = max(1, limit // max(1, len(robust)))
+    for value in plan.eps:
+        for entry in plan.at(value):
+            after = robust[(entry.label, value)]
+            broken = (before & ~after).nonzero().flatten()[:per_stage].tolist()
+            chosen += [(i, entry, value) for i in broken]
+            before = after
+    device = _model_device(model)
+    found = []
+    for index, entry, value in chosen[:limit]:
+        attack = dataclasses.replace(entry.attack, eps=value)
+        xi, yi = x[index : index + 1].to(device), y[index : index + 1].to(device)
+        result = attack.run(model, xi, yi)
+        with _model.frozen(model), torch.no_grad():
+            clean = model(xi.to(_model.compute_dtype(model, xi)))
+        found.append(
+            Example(
+                index=index,
+                label=int(yi[0]),
+                attack=entry.label,
+                eps=value,
+                clean_prediction=int(clean.argmax(1)[0]),
+                adversarial_prediction=int(result.logits.argmax(1)[0]),
+                clean=xi[0].detach().float().cpu(),
+                adversarial=result.x_adv[0].detach().float().cpu(),
+            )
+        )
+    return found

@@ -1,12 +1,14 @@
 """The ``mlsec`` command line: ``mlsec audit`` and ``mlsec attacks``.
 
-Exit codes: 0 success, 1 a robustness threshold failed, 2 bad usage or input, 3 internal error.
+Exit codes: 0 success, 1 a robustness threshold failed (or, with ``--strict``, a sanity check
+warned), 2 bad usage or input, 3 internal error.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import tempfile
@@ -16,12 +18,22 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mlsec import attacks as attack_registry
-from mlsec.audit import DEFAULT_EPS, AuditReport, audit
+from mlsec.audit import audit
 from mlsec.errors import InputError
-from mlsec.loading import load_data, load_model
+from mlsec.loading import (
+    PICKLE_WARNING,
+    apply_normalize,
+    load_data,
+    load_model,
+    parse_normalize,
+)
+from mlsec.report import AuditReport
+from mlsec.suite import BUILTIN_SUITES, Suite, SuiteEntry, load_suite, parse_eps
+from mlsec.thresholds import parse_thresholds
 
 __all__ = ["main"]
 
@@ -60,52 +72,119 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mlsec", description="Adversarial-robustness audits for PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("audit", help="robust accuracy of a model under attacks and budgets")
-    run.add_argument(
+    run = sub.add_parser(
+        "audit",
+        help="robust accuracy of a model under attacks and budgets",
+        description="Audit a model's robustness. Exit codes: 0 ok, 1 a threshold failed (or a "
+        "warning under --strict), 2 bad usage or input, 3 internal error.",
+    )
+    what = run.add_argument_group("model and data")
+    what.add_argument(
         "--model",
         default="mnist-cnn",
-        help="a bundled model name or module:function returning an nn.Module (default: mnist-cnn)",
+        help="a bundled model name, a TorchScript (.pt), torch.export (.pt2) or weights file "
+        "(.safetensors, or a state dict .pt with --arch), or module:function (default: mnist-cnn)",
     )
-    run.add_argument(
+    what.add_argument(
+        "--arch", default=None, help="module:factory building the model for a weights file"
+    )
+    what.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled whole model (runs code from the file: only for files you "
+        "trust)",
+    )
+    what.add_argument(
         "--data",
         default="mnist-sample",
-        help="mnist-sample or module:function returning a Dataset, a DataLoader or "
-        "an (x, y) pair of tensors (default: mnist-sample)",
+        help="mnist-sample, an .npz with x and y, an image folder (one subfolder per class), or "
+        "module:function returning a Dataset, a DataLoader or (x, y) (default: mnist-sample)",
     )
-    run.add_argument(
-        "--attacks",
-        default="fgsm,pgd",
-        help="comma-separated registered attacks (default: fgsm,pgd; see mlsec attacks)",
+    what.add_argument(
+        "--normalize",
+        default=None,
+        metavar="MEAN,STD",
+        help="the model expects (x - mean) / std: normalize inside the model so eps stays in "
+        "input units (per channel: M1,M2,M3,S1,S2,S3)",
     )
-    run.add_argument(
-        "--eps",
-        type=_float_list,
-        default=list(DEFAULT_EPS),
-        help="comma-separated budgets in input units (default: 0.1,0.2,0.3)",
-    )
-    run.add_argument("--norm", choices=["linf", "l2"], default="linf")
-    run.add_argument("--steps", type=_positive_int, default=40, help="PGD steps (default: 40)")
-    run.add_argument("--restarts", type=_positive_int, default=1, help="PGD restarts (default: 1)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument(
+    what.add_argument(
         "--bounds",
         type=_float_list,
-        default=[0.0, 1.0],
-        help="LOW,HIGH of the input range (default: 0,1)",
+        default=None,
+        metavar="LO,HI",
+        help="input range (default: 0,1); for negative values write --bounds=-1,1",
     )
-    run.add_argument("--batch-size", type=_positive_int, default=500)
-    run.add_argument(
-        "--limit", type=_positive_int, default=None, help="audit only the first N samples"
+    what.add_argument("--limit", type=_positive_int, default=None, help="audit the first N samples")
+
+    how = run.add_argument_group("attacks")
+    how.add_argument(
+        "--suite",
+        default=None,
+        help=f"a built-in suite ({', '.join(BUILTIN_SUITES)}) or a TOML file (default: default)",
     )
-    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    run.add_argument(
-        "--json",
+    how.add_argument(
+        "--attacks",
+        default=None,
+        help="comma-separated registered attacks, chained in this order, instead of a suite",
+    )
+    how.add_argument(
+        "--eps",
+        type=parse_eps,
+        default=None,
+        help="comma-separated budgets in input units, fractions allowed (default: 0.1,0.2,0.3)",
+    )
+    how.add_argument("--norm", choices=["linf", "l2"], default=None, help="override the norm")
+    how.add_argument("--steps", type=_positive_int, default=None, help="override attack steps")
+    how.add_argument(
+        "--restarts", type=_positive_int, default=None, help="override attack restarts"
+    )
+    how.add_argument("--seed", type=int, default=None, help="override the attacks' seed")
+    how.add_argument("--batch-size", type=_positive_int, default=500)
+    how.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    how.add_argument(
+        "--checkpoint",
         type=Path,
         default=None,
-        metavar="PATH",
-        help="also write the results as JSON to PATH",
+        metavar="DIR",
+        help="record each finished batch in DIR; rerunning the same command resumes",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    gate = run.add_argument_group("CI gate")
+    gate.add_argument(
+        "--fail-under",
+        action="append",
+        default=[],
+        metavar="ATTACK@EPS=MIN",
+        help="exit 1 unless robust accuracy after ATTACK (or 'worst') at EPS is >= MIN, e.g. "
+        "pgd@0.3=0.80; repeat or comma-separate",
+    )
+    gate.add_argument(
+        "--max-drop",
+        action="append",
+        default=[],
+        metavar="ATTACK@EPS=DROP",
+        help="exit 1 unless clean accuracy minus robust accuracy after ATTACK at EPS is <= DROP",
+    )
+    gate.add_argument("--strict", action="store_true", help="exit 1 when a sanity check warns")
+    gate.add_argument(
+        "--no-checks", action="store_true", help="skip the gradient-masking sanity checks"
+    )
+
+    out = run.add_argument_group("reports")
+    out.add_argument("--json", type=Path, default=None, metavar="PATH", help="JSON report")
+    out.add_argument("--markdown", type=Path, default=None, metavar="PATH", help="Markdown summary")
+    out.add_argument("--html", type=Path, default=None, metavar="PATH", help="HTML report")
+    out.add_argument("--junit", type=Path, default=None, metavar="PATH", help="JUnit XML")
+    out.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write report.json, report.md, report.html, report.junit.xml and suite.toml to DIR",
+    )
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
+    out.add_argument("--no-color", action="store_true", help="plain text output")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub.add_parser("attacks", help="list the registered attacks")
     return parser
@@ -125,20 +204,20 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(option: str, path: Path) -> None:
     if path.is_dir():
-        raise InputError(f"--json: {path} is a folder; give a file path such as {path}/report.json")
+        raise InputError(f"{option}: {path} is a folder; give a file path such as {path}/report")
     parent = path.resolve().parent
     if not parent.is_dir():
-        raise InputError(f"--json: folder {parent} does not exist")
+        raise InputError(f"{option}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise InputError(f"--json: folder {parent} is not writable")
+        raise InputError(f"{option}: folder {parent} is not writable")
 
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so a crash leaves no half file."""
     fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
@@ -156,20 +235,25 @@ def _colour(value: float, clean: float) -> str:
 
 def _table(report: AuditReport) -> Table:
     table = Table(
-        title=f"Robust accuracy of {report.model} on {report.data} "
+        title=f"Robust accuracy of {escape(report.model)} on {escape(report.data)} "
         f"({report.n} samples, {report.norm})",
-        caption=f"clean accuracy {_percent(report.clean_accuracy)}",
+        caption=f"clean accuracy {_percent(report.clean_accuracy)}; each row counts the samples "
+        "standing after that attack and those above it",
     )
     table.add_column("attack", style="bold")
     for eps in report.eps:
         table.add_column(f"eps {eps:g}", justify="right")
     table.add_column("time", justify="right")
     for name in report.attacks:
-        cells = [
-            f"[{_colour(acc, report.clean_accuracy)}]{_percent(acc)}"
-            for acc in (report.robust_accuracy(name, eps) for eps in report.eps)
-        ]
-        table.add_row(name, *cells, f"{report.seconds(name):.1f} s")
+        cells = []
+        for eps in report.eps:
+            try:
+                acc = report.robust_accuracy(name, eps)
+            except KeyError:
+                cells.append("—")
+                continue
+            cells.append(f"[{_colour(acc, report.clean_accuracy)}]{_percent(acc)}")
+        table.add_row(escape(name), *cells, f"{report.seconds(name):.1f} s")
     table.add_section()
     worst = [
         f"[{_colour(acc, report.clean_accuracy)}]{_percent(acc)}"
@@ -179,48 +263,144 @@ def _table(report: AuditReport) -> Table:
     return table
 
 
-def _audit(args: argparse.Namespace) -> int:
-    if args.json is not None:
-        _check_writable(args.json)
-    if len(args.bounds) != 2 or args.bounds[0] >= args.bounds[1]:
+def _plan(args: argparse.Namespace) -> Suite:
+    """The suite the options describe, with every override applied."""
+    if args.attacks is not None and args.suite is not None:
+        raise InputError("give --suite or --attacks, not both")
+    if args.attacks is not None:
+        names = [part.strip().lower() for part in args.attacks.split(",") if part.strip()]
+        if not names:
+            raise InputError("--attacks: give at least one attack")
+        entries: list[SuiteEntry] = []
+        for name in names:
+            attack = attack_registry.create(name, eps=0.0)
+            label = name if names.count(name) == 1 else f"{name}-{len(entries) + 1}"
+            entries.append(SuiteEntry(label=label, attack=attack, eps=(0.1, 0.2, 0.3)))
+        suite = Suite(name="custom", entries=tuple(entries))
+    else:
+        suite = load_suite(args.suite or "default")
+    if args.bounds is not None and (len(args.bounds) != 2 or args.bounds[0] >= args.bounds[1]):
         raise InputError(f"--bounds must be LOW,HIGH with LOW < HIGH (got {args.bounds})")
-    if any(e < 0 for e in args.eps):
+    if args.eps is not None and any(e < 0 or not math.isfinite(e) for e in args.eps):
         raise InputError(f"--eps values must be >= 0 (got {','.join(f'{e:g}' for e in args.eps)})")
+    return suite.with_overrides(
+        eps=args.eps,
+        norm=args.norm,
+        bounds=None if args.bounds is None else (args.bounds[0], args.bounds[1]),
+        seed=args.seed,
+        params={"steps": args.steps, "restarts": args.restarts},
+    )
+
+
+def _report_paths(args: argparse.Namespace) -> dict[str, Path]:
+    paths = {
+        kind: path
+        for kind, path in (
+            ("json", args.json),
+            ("markdown", args.markdown),
+            ("html", args.html),
+            ("junit", args.junit),
+        )
+        if path is not None
+    }
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise InputError(f"--out: {args.out} exists and is not a folder")
+        if not args.out.resolve().parent.is_dir():
+            raise InputError(f"--out: folder {args.out.resolve().parent} does not exist")
+        for kind, name in (
+            ("json", "report.json"),
+            ("markdown", "report.md"),
+            ("html", "report.html"),
+            ("junit", "report.junit.xml"),
+        ):
+            paths.setdefault(kind, args.out / name)
+    return paths
+
+
+def _audit(args: argparse.Namespace) -> int:
+    console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
+    paths = _report_paths(args)
+    for kind, path in paths.items():
+        if args.out is None or path.parent != args.out:
+            _check_writable(f"--{kind}", path)
+    thresholds = parse_thresholds(args.fail_under, "min-accuracy") + parse_thresholds(
+        args.max_drop, "max-drop"
+    )
     device = _device(args.device)
     # The user's modules load first: they may register attacks of their own.
-    model, model_name = load_model(args.model)
-    (x, y), data_name = load_data(args.data)
-    common = {"norm": args.norm, "bounds": tuple(args.bounds), "seed": args.seed}
-    # --steps and --restarts reach every attack that has such a parameter.
-    iterative = {"steps": args.steps, "restarts": args.restarts}
-    chosen = []
-    for name in [part.strip().lower() for part in args.attacks.split(",") if part.strip()]:
-        fields = {field.name for field in dataclasses.fields(attack_registry.get(name))}
-        params = {k: v for k, v in iterative.items() if k in fields}
-        chosen.append(attack_registry.create(name, eps=min(args.eps), **common, **params))
-    if not chosen:
-        raise InputError("--attacks: give at least one attack")
+    model, model_name, model_notes = load_model(
+        args.model, arch=args.arch, trust_pickle=args.trust_pickle
+    )
+    (x, y), data_name, data_notes = load_data(args.data)
+    if args.normalize is not None:
+        mean, std = parse_normalize(args.normalize)
+        model = apply_normalize(model, mean, std, channels=x.shape[1])
+    plan = _plan(args)
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     model = model.to(device)
+    err = Console(stderr=True, no_color=args.no_color)
+    for note in [*model_notes, *data_notes]:
+        if note == PICKLE_WARNING:
+            err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
+        elif not args.quiet:
+            err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
 
     report = audit(
         model,
         (x, y),
-        attacks=chosen,
-        eps=args.eps,
+        suite=plan,
+        thresholds=thresholds,
         batch_size=args.batch_size,
-        progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+        sanity_checks=not args.no_checks,
+        progress=not (args.quiet or args.no_progress),
+        console=err,
         model_name=model_name,
         data_name=data_name,
     )
-    console = Console()
-    console.print(_table(report))
+    if args.out is not None:
+        args.out.mkdir(exist_ok=True)
+    writers = {
+        "json": lambda: report.to_json() + "\n",
+        "markdown": report.to_markdown,
+        "html": lambda: report.to_html(),
+        "junit": report.to_junit,
+    }
+    for kind, path in paths.items():
+        _write_atomic(path, writers[kind]())
+    if paths:
+        first = next(iter(paths.values()))
+        config = (
+            args.out / "suite.toml" if args.out is not None else first.with_suffix(".suite.toml")
+        )
+        _write_atomic(config, plan.to_toml())
+
+    if args.quiet:
+        worst = ", ".join(f"{_percent(report.worst_case[e])} at eps {e:g}" for e in report.eps)
+        console.print(
+            f"{report.model} on {report.data}: clean {_percent(report.clean_accuracy)}; "
+            f"worst case {worst}",
+            highlight=False,
+            markup=False,
+        )
+    else:
+        console.print(_table(report))
+    for result in report.thresholds:
+        mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
+        console.print(f"{mark} {escape(result.spec)}: {escape(result.message)}", highlight=False)
     for warning in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {warning}")
-    if args.json is not None:
-        _write_atomic(args.json, report.to_json() + "\n")
-        console.print(f"JSON written to {args.json}")
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    if paths and not args.quiet:
+        console.print(
+            "reports: " + ", ".join(str(p) for p in paths.values()), highlight=False, markup=False
+        )
+    if not report.passed:
+        return 1
+    if args.strict and report.warnings:
+        console.print("--strict: sanity checks warned; exit 1", highlight=False)
+        return 1
     return 0
 
 

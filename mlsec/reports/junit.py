@@ -1,0 +1,79 @@
+"""JUnit XML: each CI threshold is a test case, so CI systems show a failed gate as a failed test.
+
+The layout follows the de-facto schema that Jenkins, GitLab and GitHub test reporters read:
+``<testsuites><testsuite><properties/><testcase/>...<system-out/></testsuite></testsuites>``.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+from mlsec.reports.markdown import render_markdown
+
+if TYPE_CHECKING:
+    from mlsec.report import AuditReport
+
+__all__ = ["render_junit"]
+
+# Characters XML 1.0 cannot carry at all, escaped or not; ElementTree would write them through
+# and produce a file no parser accepts.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", str(text))
+
+
+def render_junit(report: AuditReport) -> str:
+    """The report as JUnit XML.
+
+    Args:
+        report: the audit to report.
+
+    Returns:
+        One ``<testsuite>`` named ``mlsec audit: MODEL on DATA`` with one ``<testcase>`` per
+        threshold (a failed threshold carries a ``<failure>`` with its message), or a single
+        passing ``audit completed`` case when there are no thresholds; the Markdown summary is the
+        suite's ``<system-out>``.
+
+    """
+    failures = sum(not t.passed for t in report.thresholds)
+    tests = max(len(report.thresholds), 1)
+    seconds = f"{sum(report.seconds(attack) for attack in report.attacks):.3f}"
+    counts = {"tests": str(tests), "failures": str(failures), "errors": "0", "skipped": "0"}
+
+    root = ET.Element("testsuites", {"name": "mlsec", **counts, "time": seconds})
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        {"name": _xml(f"mlsec audit: {report.model} on {report.data}"), **counts, "time": seconds},
+    )
+    properties = ET.SubElement(suite, "properties")
+    facts = {
+        "model": report.model,
+        "data": report.data,
+        "norm": report.norm,
+        "n": str(report.n),
+        "clean_accuracy": f"{report.clean_accuracy:.6f}",
+        **{f"worst_case@{eps:g}": f"{report.worst_case[eps]:.6f}" for eps in report.eps},
+    }
+    for name, value in facts.items():
+        ET.SubElement(properties, "property", {"name": _xml(name), "value": _xml(value)})
+
+    if not report.thresholds:
+        ET.SubElement(suite, "testcase", {"classname": "mlsec.audit", "name": "audit completed"})
+    for threshold in report.thresholds:
+        case = ET.SubElement(
+            suite, "testcase", {"classname": "mlsec.audit", "name": _xml(threshold.spec)}
+        )
+        if not threshold.passed:
+            failure = ET.SubElement(
+                case, "failure", {"message": _xml(threshold.message), "type": "ThresholdFailed"}
+            )
+            failure.text = _xml(threshold.message)
+
+    ET.SubElement(suite, "system-out").text = _xml(render_markdown(report))
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

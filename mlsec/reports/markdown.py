@@ -1,0 +1,150 @@
+"""The Markdown summary: GitHub-flavoured, short enough for a CI job summary or a pull request.
+
+The formatting helpers here (:func:`percent`, :func:`eps_label`, :func:`seconds_label`) are shared
+by the HTML and JUnit renderers, so every form of the report prints the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlsec.report import AuditReport, ThresholdResult
+
+__all__ = ["eps_label", "escape", "percent", "render_markdown", "requirement", "seconds_label"]
+
+# Characters that Markdown (or the HTML it may contain) would interpret inside a line; a backslash
+# makes each literal. ``|`` would otherwise end a table cell, ``<`` start raw HTML, ``&`` an entity.
+_SPECIAL = set("\\`*_[]<|&~")
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage with two decimals.
+
+    Example:
+        >>> percent(0.5), percent(1 / 3)
+        ('50.00%', '33.33%')
+
+    """
+    return f"{100 * fraction:.2f}%"
+
+
+def eps_label(eps: float) -> str:
+    """An eps value as short text: ``0.3``, ``0.0313725``."""
+    return f"{eps:g}"
+
+
+def seconds_label(seconds: float) -> str:
+    """A duration for people: ``0.42 s``, ``12.3 s``, ``4 min 05 s``."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def requirement(threshold: ThresholdResult) -> str:
+    """What a threshold demands, in words: ``robust accuracy of pgd at eps 0.3 ≥ 50.00%``."""
+    attack = "the worst case" if threshold.attack == "worst" else threshold.attack
+    where = f"{attack} at eps {eps_label(threshold.eps)}"
+    if threshold.kind == "min-accuracy":
+        return f"robust accuracy of {where} ≥ {percent(threshold.limit)}"
+    return f"drop from clean accuracy of {where} ≤ {percent(threshold.limit)}"
+
+
+def escape(text: str) -> str:
+    r"""User-controlled text made literal in Markdown, on one line.
+
+    Example:
+        >>> escape("a|b <i>")
+        'a\\|b \\<i>'
+
+    """
+    one_line = " ".join(str(text).split())
+    return "".join("\\" + char if char in _SPECIAL else char for char in one_line)
+
+
+def render_markdown(report: AuditReport) -> str:
+    """The report as GitHub-flavoured Markdown.
+
+    Args:
+        report: the audit to summarise.
+
+    Returns:
+        A title, the model, data, sample count and clean accuracy, a table of robust accuracy per
+        attack and eps with a worst-case row and the time per attack, the thresholds with their
+        verdicts, and the gradient-masking warnings.
+
+    """
+    lines = [f"## mlsec audit: {escape(report.model)} on {escape(report.data)}", ""]
+    if report.thresholds:
+        failed = sum(not t.passed for t in report.thresholds)
+        verdict = (
+            "**PASS**: every threshold holds"
+            if failed == 0
+            else f"**FAIL**: {failed} of {len(report.thresholds)} thresholds fail"
+        )
+        lines += [verdict, ""]
+    low, high = report.bounds
+    lines += [
+        "| | |",
+        "|---|---|",
+        f"| Model | {escape(report.model)} |",
+        f"| Data | {escape(report.data)} |",
+        f"| Samples | {report.n} |",
+        f"| Threat model | {escape(report.norm)}, inputs in [{low:g}, {high:g}] |",
+        f"| Clean accuracy | {percent(report.clean_accuracy)} |",
+        "",
+        "### Robust accuracy",
+        "",
+        "Each row counts the samples still classified correctly after that attack and every attack"
+        " above it, so the worst case equals the last row.",
+        "",
+        *_results_table(report),
+        "",
+        "### Thresholds",
+        "",
+        *_thresholds_table(report),
+        "",
+        "### Warnings",
+        "",
+    ]
+    if report.warnings:
+        lines += [f"- {escape(warning)}" for warning in report.warnings]
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
+def _results_table(report: AuditReport) -> list[str]:
+    grid = report.eps
+    header = ["Attack", *(f"eps {eps_label(eps)}" for eps in grid), "Time"]
+    rows = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---", *("---:" for _ in grid), "---:"]) + "|",
+    ]
+    for attack in report.attacks:
+        cells = [escape(attack)]
+        for eps in grid:
+            try:
+                cells.append(percent(report.robust_accuracy(attack, eps)))
+            except KeyError:
+                cells.append("—")
+        cells.append(seconds_label(report.seconds(attack)))
+        rows.append("| " + " | ".join(cells) + " |")
+    total = sum(report.seconds(attack) for attack in report.attacks)
+    worst = [f"**{percent(report.worst_case[eps])}**" for eps in grid]
+    rows.append("| " + " | ".join(["**worst case**", *worst, seconds_label(total)]) + " |")
+    return rows
+
+
+def _thresholds_table(report: AuditReport) -> list[str]:
+    if not report.thresholds:
+        return ["none given"]
+    rows = ["| Threshold | Requirement | Measured | Result |", "|:---|:---|---:|:---|"]
+    for t in report.thresholds:
+        verdict = "PASS" if t.passed else "**FAIL**"
+        cells = [escape(t.spec), escape(requirement(t)), percent(t.value), verdict]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
