@@ -68,6 +68,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _eps_list(text: str) -> list[float]:
+    try:
+        return parse_eps(text)
+    except InputError as error:  # argparse would swallow the message of a ValueError
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--eps: ")) from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mlsec", description="Adversarial-robustness audits for PyTorch models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -129,7 +136,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--eps",
-        type=parse_eps,
+        type=_eps_list,
         default=None,
         help="comma-separated budgets in input units, fractions allowed (default: 0.1,0.2,0.3)",
     )

@@ -191,9 +191,9 @@ def load_model(
     elif path.exists():
         raise InputError(f"--model: {_quote(spec)} is not a regular file")
     elif ":" in spec:
-        model, arch_used, name = _module_from(spec, "--model"), False, spec
-        if model.training:
-            notes.append(f"{spec} returned a model in training mode; mlsec uses eval mode")
+        # The user's own module keeps the mode it was returned in: the audit evaluates in eval
+        # mode and warns (a sanity check) if it came in train mode.
+        return _module_from(spec, "--model"), spec, notes
     elif _looks_like_path(spec, MODEL_SUFFIXES):
         raise InputError(f"--model: no such file: {_quote(spec)}")
     else:
@@ -420,8 +420,9 @@ class _ExportedModel(nn.Module):
         self.batch = batch
 
     def train(self, mode: bool = True) -> _ExportedModel:
-        """Set the training flag without touching the exported graph, which cannot switch."""
-        self.training = mode
+        """Set the training flags without touching the exported graph, which cannot switch."""
+        for module in self.modules():
+            module.training = mode
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,12 +68,11 @@ class ThresholdResult:
     @property
     def message(self) -> str:
         """One line saying what was required and what was measured."""
+        subject = "the worst case" if self.attack == "worst" else self.attack
         if self.kind == "min-accuracy":
-            need = f"robust accuracy of {self.attack} at eps {self.eps:g} >= {self.limit:.4g}"
+            need = f"robust accuracy of {subject} at eps {self.eps:g} >= {self.limit:.4g}"
         else:
-            need = (
-                f"drop from clean accuracy of {self.attack} at eps {self.eps:g} <= {self.limit:.4g}"
-            )
+            need = f"drop from clean accuracy of {subject} at eps {self.eps:g} <= {self.limit:.4g}"
         verdict = "holds" if self.passed else "FAILS"
         return f"{need}: measured {self.value:.4f} — {verdict}"
 

@@ -20,7 +20,8 @@ from mlsec.suite import Suite
 
 __all__ = ["Threshold", "evaluate", "parse_thresholds"]
 
-_SPEC = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*@\s*([0-9.eE+\-/]+)\s*=\s*([0-9.eE+\-]+)\s*$")
+# ATTACK is any suite label (anything but "@", "=" and ","), EPS may be a fraction such as 8/255.
+_SPEC = re.compile(r"^\s*([^@=,]+?)\s*@\s*([0-9.eE+\-/]+)\s*=\s*([0-9.eE+\-]+)\s*$")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -110,6 +110,7 @@ def test_report_json_and_examples(mnist: Data, cnn: nn.Module) -> None:
     assert data["config"]["suite"]["attack"][1]["name"] == "pgd"
     assert report.examples, "a broken sample must yield an example"
     for example in report.examples:
+        assert example.adversarial_prediction != example.label  # a real adversarial example
         assert (example.adversarial - example.clean).abs().max().item() <= example.eps + 1e-6
         with torch.no_grad():
             assert int(cnn(example.adversarial[None]).argmax()) == example.adversarial_prediction

@@ -111,6 +111,9 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             def model():
                 return mlsec.zoo.load("mnist-cnn")
 
+            def train_mode_model():
+                return mlsec.zoo.load("mnist-cnn").train()
+
             def softmax_model():
                 return torch.nn.Sequential(mlsec.zoo.load("mnist-cnn"), torch.nn.Softmax(dim=1))
 
@@ -211,7 +214,7 @@ def test_probability_outputs_are_warned_about(
 
 BAD_INPUT = [
     (["--eps", "-0.1"], "--eps values must be >= 0"),
-    (["--eps", "abc"], "invalid parse_eps value"),
+    (["--eps", "abc"], "'abc' is not a number"),
     (["--steps", "0"], "must be >= 1"),
     (["--attacks", "nope"], "unknown attack 'nope'"),
     (["--model", "mnist-cnnx"], "unknown model 'mnist-cnnx'"),
@@ -318,3 +321,13 @@ def test_user_registered_attack_runs_with_cli_steps(
     )
     assert report["results"][0]["attack"] == attack
     assert report["results"][0]["params"]["steps"] == 3
+
+
+def test_train_mode_model_warns_and_fails_strict(
+    user_module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["audit", "--model", f"{user_module}:train_mode_model", "--data", f"{user_module}:pair",
+            "--suite", "quick", "--eps", "0.1", "--no-progress", "-q"]  # fmt: skip
+    assert run_cli(argv) == 0
+    assert "train mode" in capsys.readouterr().out
+    assert run_cli([*argv, "--strict"]) == 1
