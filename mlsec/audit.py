@@ -33,11 +33,11 @@ from torch import nn
 
 from mlsec import _model, checks
 from mlsec._checks import check_batch, run_model
-from mlsec.attacks import Attack, create
+from mlsec.attacks import Attack
 from mlsec.checkpoint import BatchRecord, Checkpoint, fingerprint_model, fingerprint_tensors
 from mlsec.errors import InputError
 from mlsec.report import AttackOutcome, AuditReport, Example
-from mlsec.suite import DEFAULT_EPS, Suite, SuiteEntry, load_suite
+from mlsec.suite import DEFAULT_EPS, Suite, load_suite
 from mlsec.threat import Norm
 from mlsec.thresholds import Threshold, check_against, evaluate
 
@@ -100,35 +100,12 @@ def _resolve_suite(
     if suite is not None and attacks is not None:
         raise InputError("give either suite= or attacks=, not both")
     if attacks is not None:
-        objects = [create(a, eps=0.0) if isinstance(a, str) else a for a in attacks]
-        names = [a.name for a in objects]
-        labels = [
-            n if names.count(n) == 1 else f"{n}-{names[: i + 1].count(n)}"
-            for i, n in enumerate(names)
-        ]
-        grid = tuple(sorted(float(e) for e in (eps if eps is not None else DEFAULT_EPS)))
-        if not objects:
-            raise InputError("give at least one attack")
-        resolved = Suite(
-            name="custom",
-            entries=tuple(
-                SuiteEntry(label=label, attack=attack, eps=grid)
-                for label, attack in zip(labels, objects, strict=True)
-            ),
-        )
-        eps = None
+        resolved = Suite.from_attacks(attacks, DEFAULT_EPS if eps is None else eps)
     elif isinstance(suite, Suite):
         resolved = suite
     else:
         resolved = load_suite(suite if suite is not None else "default")
-    if eps is not None and len(eps) == 0:
-        raise InputError("give at least one eps value")
-    grid_values = None if eps is None else [float(e) for e in eps]
-    if grid_values is not None and len(set(grid_values)) != len(grid_values):
-        raise InputError(f"eps values must be distinct (got {list(grid_values)})")
-    if any(e.eps and len(set(e.eps)) != len(e.eps) for e in resolved.entries):
-        raise InputError("eps values must be distinct")
-    return resolved.with_overrides(eps=grid_values, norm=norm, bounds=bounds)
+    return resolved.with_overrides(eps=eps, norm=norm, bounds=bounds)
 
 
 def audit(

@@ -32,7 +32,7 @@ from mlsec.loading import (
     parse_normalize,
 )
 from mlsec.report import AuditReport
-from mlsec.suite import BUILTIN_SUITES, Suite, SuiteEntry, load_suite, parse_eps
+from mlsec.suite import BUILTIN_SUITES, Suite, load_suite, parse_eps
 from mlsec.thresholds import parse_thresholds
 
 __all__ = ["main"]
@@ -281,12 +281,7 @@ def _plan(args: argparse.Namespace) -> Suite:
         names = [part.strip().lower() for part in args.attacks.split(",") if part.strip()]
         if not names:
             raise InputError("--attacks: give at least one attack")
-        entries: list[SuiteEntry] = []
-        for name in names:
-            attack = attack_registry.create(name, eps=0.0)
-            label = name if names.count(name) == 1 else f"{name}-{len(entries) + 1}"
-            entries.append(SuiteEntry(label=label, attack=attack, eps=(0.1, 0.2, 0.3)))
-        suite = Suite(name="custom", entries=tuple(entries))
+        suite = Suite.from_attacks(names)
     else:
         suite = load_suite(args.suite or "default")
     if args.bounds is not None and (len(args.bounds) != 2 or args.bounds[0] >= args.bounds[1]):

@@ -96,9 +96,36 @@ class Suite:
             raise InputError(f"suite {self.name!r}: all attacks need the same bounds")
         for entry in self.entries:
             if not entry.eps:
-                raise InputError(f"suite {self.name!r}: attack {entry.label!r} has no eps values")
+                raise InputError(f"give at least one eps value (attack {entry.label!r})")
+            if len(set(entry.eps)) != len(entry.eps):
+                raise InputError(f"eps values must be distinct (got {list(entry.eps)})")
             for value in entry.eps:
                 dataclasses.replace(entry.attack, eps=value)  # validates the eps
+
+    @classmethod
+    def from_attacks(
+        cls, attacks: Sequence[Attack | str], eps: Sequence[float] = DEFAULT_EPS
+    ) -> Suite:
+        """A suite chaining ``attacks`` (objects or registered names) over one grid.
+
+        An attack named twice is labelled ``name-1``, ``name-2``.
+        """
+        objects = [create(a, eps=0.0) if isinstance(a, str) else a for a in attacks]
+        if not objects:
+            raise InputError("give at least one attack")
+        names = [a.name for a in objects]
+        labels = [
+            n if names.count(n) == 1 else f"{n}-{names[: i + 1].count(n)}"
+            for i, n in enumerate(names)
+        ]
+        grid = tuple(sorted(float(e) for e in eps))
+        return cls(
+            name="custom",
+            entries=tuple(
+                SuiteEntry(label=label, attack=attack, eps=grid)
+                for label, attack in zip(labels, objects, strict=True)
+            ),
+        )
 
     @property
     def eps(self) -> list[float]:
