@@ -188,6 +188,12 @@ def audit(
                 "survivors": survivors,
             },
         )
+        if store.records and progress:
+            (console or Console(stderr=True)).print(
+                f"resuming from {store.directory}: {len(store.records)} finished batches recorded",
+                highlight=False,
+                markup=False,
+            )
 
     with _progress(progress, console) as bar:
         task = bar.add_task("clean", total=n)
