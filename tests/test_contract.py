@@ -368,3 +368,16 @@ def test_registry_refuses_duplicate_and_upper_case_names() -> None:
         mlsec.attacks.register_attack("pgd")(PGD)
     with pytest.raises(ValueError, match="lower case"):
         mlsec.attacks.register_attack("MyAttack")(PGD)
+
+
+def test_last_iterate_pgd_equals_textbook_pgd(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    # Without a random start both follow the same path; last_iterate returns where it ends.
+    x, y = mnist[0][:100], mnist[1][:100]
+    eps, step, steps = 0.15, 0.1, 6
+    mine = PGD(eps=eps, step_size=step, steps=steps, random_start=False, last_iterate=True)
+    expected = _plain_pgd(cnn, x, y, eps, step, steps)
+    assert torch.allclose(mine(cnn, x, y), expected, atol=1e-6)
+    first = PGD(eps=eps, step_size=step, steps=steps, random_start=False)(cnn, x, y)
+    assert not torch.allclose(first, expected, atol=1e-6), "first-success differs somewhere"

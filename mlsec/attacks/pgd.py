@@ -34,12 +34,15 @@ def projected_gradient_ascent(
     step_size: float,
     random_start: bool,
     restarts: int,
+    last_iterate: bool = False,
 ) -> Perturbation:
     """Run ``steps`` projected steepest-ascent steps from ``restarts`` starts at once.
 
     Each sample keeps its first successful iterate (so the result is never weaker than the last
     iterate); a sample that never succeeds keeps the last iterate of the restart with the highest
-    loss. Each step is one forward and one input-gradient backward; success is read from the
+    loss. With ``last_iterate`` every sample runs every step and keeps the last iterate of its
+    highest-loss restart, as adversarial training wants (the highest loss, not the first fool).
+    Each step is one forward and one input-gradient backward; success is read from the
     logits the step already computed.
 
     On an accelerator the batch keeps its shape and the loop never waits on the host. On the CPU,
@@ -51,7 +54,7 @@ def projected_gradient_ascent(
     labels = problem.labels.repeat(restarts)
     geometry = problem.geometry
     step = torch.tensor(step_size, dtype=x.dtype, device=x.device)
-    shrink = SHRINK_ON_CPU and x.device.type == "cpu"
+    shrink = SHRINK_ON_CPU and x.device.type == "cpu" and not last_iterate
 
     x_adv = x
     if random_start:
@@ -100,14 +103,16 @@ def projected_gradient_ascent(
             final_loss[rows] = problem.loss(logits, target).float()
         record(x_adv, logits)
         assert best_logits is not None
-        # Samples that never succeeded keep their last iterate.
-        missed = ~found[rows]
+        # Samples that never succeeded keep their last iterate (all of them, with last_iterate).
+        missed = torch.ones_like(found[rows]) if last_iterate else ~found[rows]
         best_x[rows] = torch.where(_per_sample(missed, x_adv), x_adv, best_x[rows])
         best_logits[rows] = torch.where(missed[:, None], logits, best_logits[rows])
     assert best_logits is not None
 
     # Per sample, the first restart that succeeded, else the one with the highest final loss.
-    score = torch.where(found, torch.full_like(final_loss, float("inf")), final_loss)
+    score = final_loss
+    if not last_iterate:
+        score = torch.where(found, torch.full_like(final_loss, float("inf")), final_loss)
     pick = score.view(restarts, batch).argmax(dim=0)
     chosen = pick * batch + torch.arange(batch, device=x.device)
     return Perturbation(
@@ -125,6 +130,9 @@ class PGD(Attack):
         step_size: size of each step in the attack's norm; default ``2.5 * eps / steps``.
         random_start: start from a uniformly random point of the eps ball.
         restarts: independent starts, folded into one batch; each sample keeps its best.
+        last_iterate: return each sample's last iterate (of its highest-loss restart) instead
+            of its first successful one; every sample runs every step. Weaker as an evaluation,
+            right for adversarial training (Madry et al.), which trains on the highest loss.
 
     Example:
         >>> import torch, mlsec
@@ -143,6 +151,7 @@ class PGD(Attack):
     step_size: float | None = None
     random_start: bool = True
     restarts: int = 1
+    last_iterate: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,4 +176,5 @@ class PGD(Attack):
             step_size=step_size,
             random_start=self.random_start,
             restarts=self.restarts,
+            last_iterate=self.last_iterate,
         )
