@@ -40,6 +40,13 @@ def compute_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     return x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer; the CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
 def check_device(model: nn.Module, x: torch.Tensor) -> None:
     """Raise :class:`InputError` if the model's weights are not on ``x``'s device."""
     for tensor in (*model.parameters(), *model.buffers()):

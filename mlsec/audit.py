@@ -69,12 +69,6 @@ def _progress(enabled: bool, console: Console | None) -> Iterator[Progress]:
         yield progress
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _environment(device: torch.device) -> dict[str, str]:
     from mlsec import __version__
 
@@ -170,7 +164,7 @@ def audit(
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1 (got {batch_size})")
     check_against(thresholds, plan)
-    device = _model_device(model)
+    device = _model.device_of(model)
     if x.shape[0] == 0:
         raise InputError("the data set is empty")
     check_batch(model, x.to(device), y.to(device), None, plan.bounds)
@@ -315,7 +309,7 @@ def _examples(
     skipped, so every example shown is a real adversarial example.
     """
     per_stage = max(1, limit // max(1, len(robust)))
-    device = _model_device(model)
+    device = _model.device_of(model)
     found: list[Example] = []
     before = correct
     for value in plan.eps:

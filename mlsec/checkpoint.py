@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlsec._files import write_atomic
 from mlsec.errors import InputError
 
 __all__ = ["BatchRecord", "Checkpoint", "fingerprint_model", "fingerprint_tensors"]
@@ -73,9 +74,7 @@ class Checkpoint:
         if self._meta.exists():
             self._check_meta()
         else:
-            _write_durably(
-                self._meta, json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n"
-            )
+            write_atomic(self._meta, json.dumps(self.fingerprint, indent=2, sort_keys=True) + "\n")
         self.records: dict[tuple[int, int], BatchRecord] = self._read_log()
 
     def _check_meta(self) -> None:
@@ -137,12 +136,3 @@ class Checkpoint:
             fh.flush()
             os.fsync(fh.fileno())
         self.records[(record.stage, record.batch)] = record
-
-
-def _write_durably(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

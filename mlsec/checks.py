@@ -34,7 +34,7 @@ def model_checks(
 ) -> list[str]:
     """Checks of the model alone: train mode, randomness, probability outputs, gradients."""
     warnings = []
-    device = _model_device(model)
+    device = _model.device_of(model)
     dtype = _model.compute_dtype(model, x)
     if was_training:
         warnings.append(
@@ -77,16 +77,10 @@ def model_checks(
     return warnings
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _standalone_accuracy(
     model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
 ) -> float:
-    device = _model_device(model)
+    device = _model.device_of(model)
     result = attack.run(model, x.to(device), y.to(device))
     return float((~result.success).float().mean())
 
@@ -140,7 +134,9 @@ def attack_checks(
         attack = dataclasses.replace(attack, restarts=1, step_size=None)
     accuracy = _standalone_accuracy(model, attack, px, py)
     with torch.no_grad():
-        classes = model(px[:1].to(_model_device(model), _model.compute_dtype(model, px))).shape[1]
+        classes = model(px[:1].to(_model.device_of(model), _model.compute_dtype(model, px))).shape[
+            1
+        ]
     if accuracy > 1.0 / classes + slack:
         warnings.append(
             f"accuracy stays at {100 * accuracy:.1f}% under {base.name} at eps {huge:g}, a budget "

@@ -11,7 +11,6 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlsec import attacks as attack_registry
+from mlsec._files import write_atomic
 from mlsec.audit import audit
 from mlsec.errors import InputError
 from mlsec.loading import (
@@ -221,19 +221,6 @@ def _check_writable(option: str, path: Path) -> None:
         raise InputError(f"{option}: folder {parent} is not writable")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a crash leaves no half file."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as an ordinary open() would; mkstemp makes files private
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -374,13 +361,13 @@ def _audit(args: argparse.Namespace) -> int:
         "junit": report.to_junit,
     }
     for kind, path in paths.items():
-        _write_atomic(path, writers[kind]())
+        write_atomic(path, writers[kind]())
     if paths:
         first = next(iter(paths.values()))
         config = (
             args.out / "suite.toml" if args.out is not None else first.with_suffix(".suite.toml")
         )
-        _write_atomic(config, plan.to_toml())
+        write_atomic(config, plan.to_toml())
 
     if args.quiet:
         worst = ", ".join(f"{_percent(report.worst_case[e])} at eps {e:g}" for e in report.eps)
