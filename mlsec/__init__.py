@@ -8,7 +8,7 @@ Example:
 
 """
 
-from mlsec import attacks, datasets, testing, zoo
+from mlsec import attacks, datasets, defenses, testing, zoo
 from mlsec.attacks import Attack, AttackResult
 from mlsec.audit import audit
 from mlsec.errors import InputError
@@ -28,6 +28,7 @@ __all__ = [
     "attacks",
     "audit",
     "datasets",
+    "defenses",
     "testing",
     "zoo",
 ]

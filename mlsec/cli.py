@@ -1,4 +1,4 @@
-"""The ``mlsec`` command line: ``mlsec audit`` and ``mlsec attacks``.
+"""The ``mlsec`` command line: ``mlsec audit``, ``mlsec train`` and ``mlsec attacks``.
 
 Exit codes: 0 success, 1 a robustness threshold failed (or, with ``--strict``, a sanity check
 warned), 2 bad usage or input, 3 internal error.
@@ -9,18 +9,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mlsec import _train_cli
 from mlsec import attacks as attack_registry
+from mlsec._cli_common import (
+    Parser,
+    check_writable,
+    colour,
+    device_from,
+    float_list,
+    percent,
+    positive_int,
+    robust_cell,
+    robust_table,
+)
 from mlsec._files import write_atomic
 from mlsec.audit import audit
 from mlsec.errors import InputError
@@ -38,36 +48,6 @@ from mlsec.thresholds import parse_thresholds
 __all__ = ["main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors in the house style: one line, exit 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"mlsec: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _eps_list(text: str) -> list[float]:
     try:
         return parse_eps(text)
@@ -76,8 +56,8 @@ def _eps_list(text: str) -> list[float]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mlsec", description="Adversarial-robustness audits for PyTorch models.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="mlsec", description="Adversarial-robustness audits for PyTorch models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser(
         "audit",
@@ -88,9 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
     what = run.add_argument_group("model and data")
     what.add_argument(
         "--model",
-        default="mnist-cnn",
+        default=None,
         help="a bundled model name, a TorchScript (.pt), torch.export (.pt2) or weights file "
-        "(.safetensors, or a state dict .pt with --arch), or module:function (default: mnist-cnn)",
+        "(.safetensors, or a state dict .pt with --arch), or module:function (default: the "
+        "bundled mnist-cnn and mnist-cnn-pgd, side by side)",
     )
     what.add_argument(
         "--arch", default=None, help="module:factory building the model for a weights file"
@@ -116,12 +97,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--bounds",
-        type=_float_list,
+        type=float_list,
         default=None,
         metavar="LO,HI",
         help="input range (default: 0,1); for negative values write --bounds=-1,1",
     )
-    what.add_argument("--limit", type=_positive_int, default=None, help="audit the first N samples")
+    what.add_argument("--limit", type=positive_int, default=None, help="audit the first N samples")
 
     how = run.add_argument_group("attacks")
     how.add_argument(
@@ -141,12 +122,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="comma-separated budgets in input units, fractions allowed (default: 0.1,0.2,0.3)",
     )
     how.add_argument("--norm", choices=["linf", "l2"], default=None, help="override the norm")
-    how.add_argument("--steps", type=_positive_int, default=None, help="override attack steps")
-    how.add_argument(
-        "--restarts", type=_positive_int, default=None, help="override attack restarts"
-    )
+    how.add_argument("--steps", type=positive_int, default=None, help="override attack steps")
+    how.add_argument("--restarts", type=positive_int, default=None, help="override attack restarts")
     how.add_argument("--seed", type=int, default=None, help="override the attacks' seed")
-    how.add_argument("--batch-size", type=_positive_int, default=500)
+    how.add_argument("--batch-size", type=positive_int, default=500)
     how.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     how.add_argument(
         "--checkpoint",
@@ -193,71 +172,9 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-color", action="store_true", help="plain text output")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    _train_cli.add_parser(sub)
     sub.add_parser("attacks", help="list the registered attacks")
     return parser
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(
-            f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or auto"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available; use --device cpu")
-    return device
-
-
-def _check_writable(option: str, path: Path) -> None:
-    if path.is_dir():
-        raise InputError(f"{option}: {path} is a folder; give a file path such as {path}/report")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"{option}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{option}: folder {parent} is not writable")
-
-
-def _percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def _colour(value: float, clean: float) -> str:
-    ratio = value / clean if clean > 0 else 0.0
-    return "green" if ratio >= 0.8 else "yellow" if ratio >= 0.4 else "red"
-
-
-def _table(report: AuditReport) -> Table:
-    table = Table(
-        title=f"Robust accuracy of {escape(report.model)} on {escape(report.data)} "
-        f"({report.n} samples, {report.norm})",
-        caption=f"clean accuracy {_percent(report.clean_accuracy)}; each row counts the samples "
-        "standing after that attack and those above it",
-    )
-    table.add_column("attack", style="bold")
-    for eps in report.eps:
-        table.add_column(f"eps {eps:g}", justify="right")
-    table.add_column("time", justify="right")
-    for name in report.attacks:
-        cells = []
-        for eps in report.eps:
-            try:
-                acc = report.robust_accuracy(name, eps)
-            except KeyError:
-                cells.append("—")
-                continue
-            cells.append(f"[{_colour(acc, report.clean_accuracy)}]{_percent(acc)}")
-        table.add_row(escape(name), *cells, f"{report.seconds(name):.1f} s")
-    table.add_section()
-    worst = [
-        f"[{_colour(acc, report.clean_accuracy)}]{_percent(acc)}"
-        for acc in (report.worst_case[eps] for eps in report.eps)
-    ]
-    table.add_row("worst case", *worst, f"{sum(report.seconds(a) for a in report.attacks):.1f} s")
-    return table
 
 
 def _plan(args: argparse.Namespace) -> Suite:
@@ -310,56 +227,145 @@ def _report_paths(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
+# What a plain ``mlsec audit`` compares: a standard model and its adversarially trained peer.
+DEFAULT_MODELS = ("mnist-cnn", "mnist-cnn-pgd")
+
+
+def _per_model(paths: dict[str, Path], args: argparse.Namespace, name: str) -> dict[str, Path]:
+    """Report paths of one model when several are audited: DIR/NAME/... or PATH.NAME.suffix."""
+    per: dict[str, Path] = {}
+    for kind, path in paths.items():
+        if args.out is not None and path.parent == args.out:
+            per[kind] = args.out / name / path.name
+        else:
+            per[kind] = path.with_name(f"{path.stem}.{name}{path.suffix}")
+    return per
+
+
+def _comparison(reports: list[AuditReport]) -> Table:
+    """One table with a column per model: clean accuracy, then each attack and eps, worst case."""
+    first = reports[0]
+    table = Table(
+        title=f"Robust accuracy on {escape(first.data)} ({first.n} samples, {first.norm})",
+        caption="each attack's row counts the samples standing after it and the attacks above it",
+    )
+    table.add_column("attack", style="bold")
+    table.add_column("eps", justify="right")
+    for report in reports:
+        table.add_column(escape(report.model), justify="right")
+    table.add_row("clean", "", *(percent(r.clean_accuracy) for r in reports))
+    for name in first.attacks:
+        table.add_section()
+        for eps in first.eps:
+            cells = [robust_cell(report, name, eps) for report in reports]
+            table.add_row(escape(name), f"{eps:g}", *cells)
+    table.add_section()
+    for eps in first.eps:
+        table.add_row(
+            "worst case",
+            f"{eps:g}",
+            *(
+                f"[{colour(r.worst_case[eps], r.clean_accuracy)}]{percent(r.worst_case[eps])}"
+                for r in reports
+            ),
+        )
+    return table
+
+
 def _audit(args: argparse.Namespace) -> int:
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
     paths = _report_paths(args)
     for kind, path in paths.items():
         if args.out is None or path.parent != args.out:
-            _check_writable(f"--{kind}", path)
+            check_writable(f"--{kind}", path)
     thresholds = parse_thresholds(args.fail_under, "min-accuracy") + parse_thresholds(
         args.max_drop, "max-drop"
     )
-    device = _device(args.device)
+    device = device_from(args.device)
+    specs = [args.model] if args.model is not None else list(DEFAULT_MODELS)
     # The user's modules load first: they may register attacks of their own.
-    model, model_name, model_notes = load_model(
-        args.model, arch=args.arch, trust_pickle=args.trust_pickle
-    )
+    loaded = [load_model(spec, arch=args.arch, trust_pickle=args.trust_pickle) for spec in specs]
     (x, y), data_name, data_notes = load_data(args.data)
-    if args.normalize is not None:
-        mean, std = parse_normalize(args.normalize)
-        model = apply_normalize(model, mean, std, channels=x.shape[1])
     plan = _plan(args)
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
-    model = model.to(device)
     err = Console(stderr=True, no_color=args.no_color)
-    for note in [*model_notes, *data_notes]:
+    for note in [*(n for _, _, notes in loaded for n in notes), *data_notes]:
         if note == PICKLE_WARNING:
             err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
         elif not args.quiet:
             err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
 
-    report = audit(
-        model,
-        (x, y),
-        suite=plan,
-        thresholds=thresholds,
-        batch_size=args.batch_size,
-        checkpoint=args.checkpoint,
-        sanity_checks=not args.no_checks,
-        progress=not (args.quiet or args.no_progress),
-        console=err,
-        model_name=model_name,
-        data_name=data_name,
-    )
-    if args.out is not None:
-        args.out.mkdir(exist_ok=True)
+    reports = []
+    for model, model_name, _ in loaded:
+        if args.normalize is not None:
+            mean, std = parse_normalize(args.normalize)
+            model = apply_normalize(model, mean, std, channels=x.shape[1])
+        several = len(loaded) > 1
+        checkpoint = args.checkpoint
+        if several and checkpoint is not None:
+            checkpoint = checkpoint / model_name
+        report = audit(
+            model.to(device),
+            (x, y),
+            suite=plan,
+            thresholds=thresholds,
+            batch_size=args.batch_size,
+            checkpoint=checkpoint,
+            sanity_checks=not args.no_checks,
+            progress=not (args.quiet or args.no_progress),
+            console=err,
+            model_name=model_name,
+            data_name=data_name,
+        )
+        reports.append(report)
+        written = _per_model(paths, args, model_name) if several else paths
+        _write_reports(report, written, plan, args)
+
+    for report in reports:
+        if args.quiet:
+            worst = ", ".join(f"{percent(report.worst_case[e])} at eps {e:g}" for e in report.eps)
+            console.print(
+                f"{report.model} on {report.data}: clean {percent(report.clean_accuracy)}; "
+                f"worst case {worst}",
+                highlight=False,
+                markup=False,
+            )
+        elif len(reports) == 1:
+            console.print(robust_table(report))
+    if len(reports) > 1 and not args.quiet:
+        console.print(_comparison(reports))
+    for report in reports:
+        prefix = f"{report.model}: " if len(reports) > 1 else ""
+        for result in report.thresholds:
+            mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
+            console.print(
+                f"{mark} {escape(prefix + result.spec)}: {escape(result.message)}", highlight=False
+            )
+        for warning in report.warnings:
+            console.print(f"[bold yellow]warning:[/] {escape(prefix + warning)}", highlight=False)
+    if paths and not args.quiet:
+        where = [args.out] if args.out is not None and len(reports) > 1 else paths.values()
+        console.print("reports: " + ", ".join(str(p) for p in where), highlight=False, markup=False)
+    if not all(report.passed for report in reports):
+        return 1
+    if args.strict and any(report.warnings for report in reports):
+        console.print("--strict: sanity checks warned; exit 1", highlight=False)
+        return 1
+    return 0
+
+
+def _write_reports(
+    report: AuditReport, paths: dict[str, Path], plan: Suite, args: argparse.Namespace
+) -> None:
     writers = {
         "json": lambda: report.to_json() + "\n",
         "markdown": report.to_markdown,
         "html": lambda: report.to_html(),
         "junit": report.to_junit,
     }
+    for path in paths.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
     for kind, path in paths.items():
         write_atomic(path, writers[kind]())
     if paths:
@@ -368,32 +374,6 @@ def _audit(args: argparse.Namespace) -> int:
             args.out / "suite.toml" if args.out is not None else first.with_suffix(".suite.toml")
         )
         write_atomic(config, plan.to_toml())
-
-    if args.quiet:
-        worst = ", ".join(f"{_percent(report.worst_case[e])} at eps {e:g}" for e in report.eps)
-        console.print(
-            f"{report.model} on {report.data}: clean {_percent(report.clean_accuracy)}; "
-            f"worst case {worst}",
-            highlight=False,
-            markup=False,
-        )
-    else:
-        console.print(_table(report))
-    for result in report.thresholds:
-        mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
-        console.print(f"{mark} {escape(result.spec)}: {escape(result.message)}", highlight=False)
-    for warning in report.warnings:
-        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
-    if paths and not args.quiet:
-        console.print(
-            "reports: " + ", ".join(str(p) for p in paths.values()), highlight=False, markup=False
-        )
-    if not report.passed:
-        return 1
-    if args.strict and report.warnings:
-        console.print("--strict: sanity checks warned; exit 1", highlight=False)
-        return 1
-    return 0
 
 
 def _list_attacks() -> int:
@@ -415,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return _audit(args)
+        if args.command == "train":
+            return _train_cli.run(args)
         return _list_attacks()
     except InputError as error:
         print(f"mlsec: {error}", file=sys.stderr)

@@ -20,8 +20,8 @@ from mlsec.cli import main
 @pytest.fixture(scope="module")
 def default_run(
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[subprocess.CompletedProcess[str], dict]:
-    """``mlsec audit --json`` on the bundled default, as a real subprocess."""
+) -> tuple[subprocess.CompletedProcess[str], dict, dict]:
+    """``mlsec audit --json`` on the bundled default, as a real subprocess: both bundled models."""
     out = tmp_path_factory.mktemp("audit") / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "mlsec", "audit", "--json", str(out), "--no-progress"],
@@ -30,29 +30,40 @@ def default_run(
         timeout=600,
         check=False,
     )
-    return proc, json.loads(out.read_text()) if out.exists() else {}
+    reports = []
+    for name in ("mnist-cnn", "mnist-cnn-pgd"):
+        path = out.with_name(f"report.{name}.json")
+        reports.append(json.loads(path.read_text()) if path.exists() else {})
+    return proc, reports[0], reports[1]
 
 
-def test_default_audit_exits_zero_with_a_table(
-    default_run: tuple[subprocess.CompletedProcess[str], dict],
+def test_default_audit_exits_zero_with_both_models_side_by_side(
+    default_run: tuple[subprocess.CompletedProcess[str], dict, dict],
 ) -> None:
-    proc, report = default_run
+    proc, report, robust = default_run
     assert proc.returncode == 0, proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "mnist-cnn-pgd" in line)
+    assert header.index("mnist-cnn ") < header.index("mnist-cnn-pgd")  # one row, two columns
     assert "worst case" in proc.stdout
-    assert "clean accuracy" in proc.stdout
-    assert report["schema_version"] == 2
-    assert report["model"] == "mnist-cnn"
-    assert report["data"] == "mnist-sample"
-    assert report["n"] == 2000
-    assert report["warnings"] == []  # the sanity checks ran and found nothing
-    assert report["passed"] is True
+    assert "clean" in proc.stdout
+    for one, name in ((report, "mnist-cnn"), (robust, "mnist-cnn-pgd")):
+        assert one["schema_version"] == 2
+        assert one["model"] == name
+        assert one["data"] == "mnist-sample"
+        assert one["n"] == 2000
+        assert one["warnings"] == []  # the sanity checks ran and found nothing
+        assert one["passed"] is True
+    # What a newcomer should see at once: adversarial training holds where the standard model falls.
+    worst = {w["eps"]: w["robust_accuracy"] for w in robust["worst_case"]}
+    assert robust["clean_accuracy"] >= 0.95
+    assert worst[0.3] >= 0.8
 
 
 def test_default_audit_numbers_match_direct_computation(
-    default_run: tuple[subprocess.CompletedProcess[str], dict],
+    default_run: tuple[subprocess.CompletedProcess[str], dict, dict],
     mnist: tuple[torch.Tensor, torch.Tensor],
 ) -> None:
-    _, report = default_run
+    _, report, _ = default_run
     x, y = mnist
     model = mlsec.zoo.load("mnist-cnn")
     with torch.no_grad():

@@ -16,7 +16,18 @@ import pytest
 from mlsec.cli import main
 from mlsec.suite import load_suite
 
-QUICK = ["audit", "--limit", "200", "--suite", "quick", "--eps", "0.1,0.3", "--no-progress"]
+QUICK = [
+    "audit",
+    "--model",
+    "mnist-cnn",
+    "--limit",
+    "200",
+    "--suite",
+    "quick",
+    "--eps",
+    "0.1,0.3",
+    "--no-progress",
+]
 
 
 def run_cli(argv: list[str]) -> int | str | None:

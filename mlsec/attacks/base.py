@@ -139,8 +139,12 @@ class Attack(abc.ABC):
         *,
         target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Adversarial examples for ``(x, y)``; see :meth:`run`."""
-        return self.run(model, x, y, target=target).x_adv
+        """Adversarial examples for ``(x, y)``; see :meth:`run`.
+
+        The same examples as ``run(...).x_adv``, without the final forward pass that ``run``
+        spends on logits and success when the attack has not already computed them.
+        """
+        return self._execute(model, x, y, target, want_result=False).x_adv
 
     @final
     def run(
@@ -164,6 +168,17 @@ class Attack(abc.ABC):
             An :class:`AttackResult`; ``x``, ``y`` and ``model`` are left unchanged.
 
         """
+        return self._execute(model, x, y, target, want_result=True)
+
+    def _execute(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        *,
+        want_result: bool,
+    ) -> AttackResult:
         check_batch(model, x, y, target, self.bounds)
         model_dtype = _model.compute_dtype(model, x)
         dtype = torch.promote_types(model_dtype, torch.float32)
@@ -193,7 +208,16 @@ class Attack(abc.ABC):
                 # Fit the ball in the caller's dtype; the model sees what the caller gets back.
                 x_out = _fit_dtype(x, x_adv, problem)
                 x_adv, logits = x_out.to(dtype), None
-            if logits is None or not torch.equal(x_adv, answer.x_adv):
+            if logits is not None and not torch.equal(x_adv, answer.x_adv):
+                logits = None
+            if logits is None and not want_result:
+                return AttackResult(
+                    x_adv=x_out,
+                    success=torch.zeros(0, dtype=torch.bool, device=x.device),
+                    logits=torch.zeros(0, device=x.device),
+                    queries=queries,
+                )
+            if logits is None:
                 with torch.no_grad():
                     logits = problem.forward(x_adv)
                 queries += 1

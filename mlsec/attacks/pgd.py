@@ -8,9 +8,12 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
@@ -35,6 +38,7 @@ def projected_gradient_ascent(
     random_start: bool,
     restarts: int,
     last_iterate: bool = False,
+    objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Perturbation:
     """Run ``steps`` projected steepest-ascent steps from ``restarts`` starts at once.
 
@@ -43,7 +47,9 @@ def projected_gradient_ascent(
     loss. With ``last_iterate`` every sample runs every step and keeps the last iterate of its
     highest-loss restart, as adversarial training wants (the highest loss, not the first fool).
     Each step is one forward and one input-gradient backward; success is read from the
-    logits the step already computed.
+    logits the step already computed. ``objective(logits, rows, labels)`` replaces the problem's
+    loss; ``rows`` index the restart-folded batch, so per-sample references can follow samples
+    that leave it.
 
     On an accelerator the batch keeps its shape and the loop never waits on the host. On the CPU,
     where there is no device queue to stall, a sample leaves the batch once it has succeeded: its
@@ -67,6 +73,7 @@ def projected_gradient_ascent(
     final_loss = torch.full((total,), float("-inf"), device=x.device)
     rows = torch.arange(total, device=x.device)  # the rows still being attacked
     x0, target = x, labels
+    loss_of = objective or (lambda logits, _rows, labels: problem.loss(logits, labels))
 
     def record(x_now: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         nonlocal best_logits
@@ -87,7 +94,7 @@ def projected_gradient_ascent(
                 "the model's output has no gradient with respect to its input (detached, or "
                 "computed under torch.no_grad); gradient attacks need a differentiable model"
             )
-        loss = problem.loss(logits, target)
+        loss = loss_of(logits, rows, target)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         hit = record(x_adv.detach(), logits.detach())
         x_adv = problem.clip(x0, x_adv.detach() + step * geometry.ascent(grad))
@@ -97,10 +104,14 @@ def projected_gradient_ascent(
             if rows.numel() == 0:
                 break
 
+    if last_iterate and restarts == 1:
+        # Nothing to choose between: the last iterate is the answer, and the caller's final
+        # forward (if it wants logits) is the only one.
+        return Perturbation(x_adv=x_adv.detach(), logits=None, queries=steps)
     if rows.numel() > 0:
         with torch.no_grad():
             logits = problem.forward(x_adv)
-            final_loss[rows] = problem.loss(logits, target).float()
+            final_loss[rows] = loss_of(logits, rows, target).float()
         record(x_adv, logits)
         assert best_logits is not None
         # Samples that never succeeded keep their last iterate (all of them, with last_iterate).
@@ -133,6 +144,9 @@ class PGD(Attack):
         last_iterate: return each sample's last iterate (of its highest-loss restart) instead
             of its first successful one; every sample runs every step. Weaker as an evaluation,
             right for adversarial training (Madry et al.), which trains on the highest loss.
+        loss: ``"ce"``, the cross-entropy to the label (to the target when targeted), or
+            ``"kl"``, the KL divergence of the prediction at ``x_adv`` from the clean one, which
+            TRADES (Zhang et al. 2019) maximises; ``"kl"`` needs no labels' help to move.
 
     Example:
         >>> import torch, mlsec
@@ -152,9 +166,12 @@ class PGD(Attack):
     random_start: bool = True
     restarts: int = 1
     last_iterate: bool = False
+    loss: Literal["ce", "kl"] = "ce"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.loss not in ("ce", "kl"):
+            raise InputError(f"loss must be 'ce' or 'kl' (got {self.loss!r})")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
             raise InputError(f"steps must be an integer >= 1 (got {self.steps!r})")
         if (
@@ -170,6 +187,11 @@ class PGD(Attack):
 
     def _perturb(self, problem: Problem) -> Perturbation:
         step_size = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        objective = None
+        if self.loss == "kl":
+            if problem.target is not None:
+                raise InputError("loss='kl' is untargeted; drop the target or use loss='ce'")
+            objective = _kl_objective(problem, self.restarts)
         return projected_gradient_ascent(
             problem,
             steps=self.steps,
@@ -177,4 +199,21 @@ class PGD(Attack):
             random_start=self.random_start,
             restarts=self.restarts,
             last_iterate=self.last_iterate,
+            objective=objective,
         )
+
+
+def _kl_objective(
+    problem: Problem, restarts: int
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-sample KL(p(x) || p(x_adv)), p the model's softmax, with p(x) computed once."""
+    with torch.no_grad():
+        clean = F.log_softmax(problem.forward(problem.x).float(), dim=1)
+    reference = clean.repeat(restarts, 1)
+
+    def objective(logits: torch.Tensor, rows: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+        log_p = reference[rows]
+        log_q = F.log_softmax(logits.float(), dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+    return objective

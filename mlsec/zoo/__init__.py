@@ -16,7 +16,7 @@ from torch import nn
 from mlsec.errors import InputError
 from mlsec.zoo import architectures
 
-__all__ = ["ZooEntry", "list_models", "load"]
+__all__ = ["ZooEntry", "architecture", "list_models", "load"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,13 @@ _ENTRIES = {
             summary="small CNN, standard training on MNIST test images 0-7999",
         ),
         ZooEntry(
+            name="mnist-cnn-pgd",
+            build=architectures.mnist_cnn_wide,
+            weights="mnist_cnn_pgd.safetensors",
+            script="scripts/train_mnist_robust.py",
+            summary="wide CNN, PGD adversarial training (eps 0.3) on MNIST test images 0-7999",
+        ),
+        ZooEntry(
             name="mnist-softmax",
             build=architectures.mnist_softmax,
             weights="mnist_softmax.safetensors",
@@ -56,6 +63,27 @@ def list_models() -> list[str]:
     return sorted(_ENTRIES)
 
 
+def _entry(name: str) -> ZooEntry:
+    try:
+        return _ENTRIES[name]
+    except KeyError:
+        raise InputError(
+            f"unknown model {name!r}; bundled models: {', '.join(list_models())}"
+        ) from None
+
+
+def architecture(name: str) -> str:
+    """The ``module:factory`` that builds a bundled model's network, untrained.
+
+    Example:
+        >>> architecture("mnist-cnn")
+        'mlsec.zoo.architectures:mnist_cnn'
+
+    """
+    build = _entry(name).build
+    return f"{build.__module__}:{build.__name__}"
+
+
 def load(name: str) -> nn.Module:
     """Return a bundled model in eval mode on the CPU.
 
@@ -68,12 +96,7 @@ def load(name: str) -> nn.Module:
         False
 
     """
-    try:
-        entry = _ENTRIES[name]
-    except KeyError:
-        raise InputError(
-            f"unknown model {name!r}; bundled models: {', '.join(list_models())}"
-        ) from None
+    entry = _entry(name)
     model = entry.build()
     blob = resources.files("mlsec.zoo").joinpath(f"weights/{entry.weights}").read_bytes()
     model.load_state_dict(load_safetensors(blob))

@@ -7,20 +7,33 @@ from torch import nn
 
 def mnist_cnn() -> nn.Sequential:
     """Small MNIST CNN: two 5x5 convolutions with max pooling, two linear layers (171k weights)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    )
+    return _cnn(16, 32, 100)
 
 
 def mnist_softmax() -> nn.Sequential:
     """Softmax regression on raw pixels (the "shallow softmax classifier" of Goodfellow et al.)."""
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
+def mnist_cnn_wide() -> nn.Sequential:
+    """The CNN with twice the filters and hidden units (32/64 filters, 200 hidden; 680k weights).
+
+    Adversarial training needs capacity (Madry et al.): the small CNN plateaus below 80% PGD-40
+    accuracy at eps 0.3 on 8,000 training images, this one does not.
+    """
+    return _cnn(32, 64, 200)
+
+
+def _cnn(first: int, second: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, first, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(first, second, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(second * 7 * 7, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 10),
+    )
