@@ -23,6 +23,7 @@ from mlsec.defenses.training import (
     METHODS,
     CatastrophicOverfittingWarning,
     TrainConfig,
+    check_folder,
     save_weights,
 )
 from mlsec.errors import InputError
@@ -200,12 +201,13 @@ def run(args: argparse.Namespace) -> int:
     except InputError as error:
         option = str(error).split(" ", 1)[0].replace("_", "-")
         raise InputError(f"--{option}: {error}") from None
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out: {args.out} exists and is not a folder")
     if not args.out.resolve().parent.is_dir():
         raise InputError(f"--out: folder {args.out.resolve().parent} does not exist")
     device = device_from(args.device)
 
+    check_folder(args.out, resume=args.resume)
+    # Seeded before the model is built: a module:function model's initial weights are random.
+    torch.manual_seed(args.seed)
     model, model_name, notes = load_model(
         args.model, arch=args.arch, trust_pickle=args.trust_pickle
     )

@@ -113,7 +113,8 @@ def test_quiet_and_no_color_for_ci_logs(capsys: pytest.CaptureFixture[str]) -> N
 
 def _command(checkpoint: Path, report: Path) -> list[str]:
     return [
-        sys.executable, "-m", "mlsec", "audit", "--limit", "600", "--batch-size", "40",
+        sys.executable, "-m", "mlsec", "audit", "--model", "mnist-cnn", "--limit", "600",
+        "--batch-size", "40",
         "--eps", "0.1,0.2", "--no-checks", "--no-progress",
         "--checkpoint", str(checkpoint), "--json", str(report),
     ]  # fmt: skip

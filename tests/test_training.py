@@ -48,19 +48,19 @@ def test_pgd_training_buys_robustness_that_standard_training_does_not(
     split: tuple[Data, Data],
 ) -> None:
     train, (hx, hy) = split
-    config = TrainConfig(epochs=4, batch_size=50, lr=3e-3, seed=0)
+    config = TrainConfig(epochs=4, batch_size=50, lr=3e-3, eps_ramp=1, seed=0)
     results = {}
-    for method in (StandardTraining(eps=0.1), PGDAdversarialTraining(eps=0.1, steps=5)):
+    for method in (StandardTraining(eps=0.2), PGDAdversarialTraining(eps=0.2, steps=5)):
         model = fresh_cnn(0)
         method.fit(train, model=model, config=config)
         with torch.no_grad():
             clean = float((model(hx).argmax(1) == hy).float().mean())
-        results[method.name] = (clean, robust_accuracy(model, hx, hy, 0.1))
-    print(results)
-    # Same network, data, epochs and optimiser: only the inner maximisation differs.
+        results[method.name] = (clean, robust_accuracy(model, hx, hy, 0.2))
+    # Same network, data, epochs and optimiser: only the inner maximisation differs. Measured:
+    # standard 90.6% clean, 4.4% under PGD-20; PGD-AT 91.4% and 48.6%.
     assert results["standard"][0] > 0.85
-    assert results["pgd"][0] > 0.80
-    assert results["pgd"][1] > results["standard"][1] + 0.25
+    assert results["pgd"][0] > 0.85
+    assert results["pgd"][1] > results["standard"][1] + 0.3
 
 
 def test_trades_with_beta_zero_is_standard_training(split: tuple[Data, Data]) -> None:

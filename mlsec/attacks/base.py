@@ -22,7 +22,7 @@ from mlsec._checks import check_batch, check_labels
 from mlsec.errors import InputError
 from mlsec.threat import Geometry, Norm, ThreatModel, geometry
 
-__all__ = ["Attack", "AttackResult", "Perturbation", "Problem"]
+__all__ = ["Attack", "AttackResult", "Perturbation", "Problem", "examples_for_checked_data"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,8 +178,10 @@ class Attack(abc.ABC):
         target: torch.Tensor | None,
         *,
         want_result: bool,
+        checked: bool = False,
     ) -> AttackResult:
-        check_batch(model, x, y, target, self.bounds)
+        if not checked:
+            check_batch(model, x, y, target, self.bounds)
         model_dtype = _model.compute_dtype(model, x)
         dtype = torch.promote_types(model_dtype, torch.float32)
         with _model.frozen(model), torch.enable_grad():
@@ -191,12 +193,13 @@ class Attack(abc.ABC):
                 y=y.detach(),
                 target=None if target is None else target.detach(),
                 geometry=geometry(self.norm),
-                eps=torch.tensor(self.eps, dtype=dtype, device=x.device),
-                low=torch.tensor(self.bounds[0], dtype=dtype, device=x.device),
-                high=torch.tensor(self.bounds[1], dtype=dtype, device=x.device),
+                eps=torch.full((), self.eps, dtype=dtype, device=x.device),
+                low=torch.full((), self.bounds[0], dtype=dtype, device=x.device),
+                high=torch.full((), self.bounds[1], dtype=dtype, device=x.device),
                 generator=torch.Generator(device=x.device).manual_seed(self.seed),
             )
-            check_labels(problem.forward, xc, y, target)
+            if not checked:
+                check_labels(problem.forward, xc, y, target)
             if x.shape[0] == 0:
                 answer = Perturbation(x_adv=xc, logits=None, queries=0)
             else:
@@ -231,6 +234,18 @@ class Attack(abc.ABC):
     @abc.abstractmethod
     def _perturb(self, problem: Problem) -> Perturbation:
         """Find adversarial examples for ``problem``; the base class projects the result."""
+
+
+def examples_for_checked_data(
+    attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """``attack(model, x, y)`` for a caller that has checked the whole data set once already.
+
+    For loops that attack many batches of one validated data set (the adversarial trainers): the
+    per-batch input checks (finite, within bounds, labels within the model's outputs), which
+    make the device wait for the host, are skipped. Every guarantee on the result still holds.
+    """
+    return attack._execute(model, x, y, None, want_result=False, checked=True).x_adv
 
 
 def _fit_dtype(x: torch.Tensor, x_adv: torch.Tensor, problem: Problem) -> torch.Tensor:

@@ -59,7 +59,8 @@ def projected_gradient_ascent(
     x = problem.x.repeat(restarts, *([1] * (problem.x.dim() - 1)))
     labels = problem.labels.repeat(restarts)
     geometry = problem.geometry
-    step = torch.tensor(step_size, dtype=x.dtype, device=x.device)
+    # torch.full, not torch.tensor: a host-to-device copy would wait for the device.
+    step = torch.full((), step_size, dtype=x.dtype, device=x.device)
     shrink = SHRINK_ON_CPU and x.device.type == "cpu" and not last_iterate
 
     x_adv = x
@@ -96,7 +97,8 @@ def projected_gradient_ascent(
             )
         loss = loss_of(logits, rows, target)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        hit = record(x_adv.detach(), logits.detach())
+        if not last_iterate:  # the last iterate needs no record of the ones before it
+            hit = record(x_adv.detach(), logits.detach())
         x_adv = problem.clip(x0, x_adv.detach() + step * geometry.ascent(grad))
         if shrink:
             keep = ~hit

@@ -44,6 +44,7 @@ from torch import nn
 from mlsec import _model
 from mlsec._checks import check_labels
 from mlsec._files import write_atomic
+from mlsec.attacks.base import examples_for_checked_data
 from mlsec.attacks.pgd import PGD
 from mlsec.defenses.base import Defense
 from mlsec.errors import InputError
@@ -407,7 +408,7 @@ class PGDAdversarialTraining(AdversarialTraining):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on PGD's last iterate."""
         step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-        x_adv = self._pgd(eps, self.steps, step_size, seed)(model, x, y)
+        x_adv = examples_for_checked_data(self._pgd(eps, self.steps, step_size, seed), model, x, y)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -443,7 +444,7 @@ class FastAdversarialTraining(AdversarialTraining):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on the FGSM step from a random start."""
         alpha = self.alpha if self.alpha is not None else 1.25 * eps
-        x_adv = self._pgd(eps, 1, alpha, seed)(model, x, y)
+        x_adv = examples_for_checked_data(self._pgd(eps, 1, alpha, seed), model, x, y)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -479,7 +480,8 @@ class TRADES(AdversarialTraining):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean cross-entropy plus ``beta`` times KL(p(x) || p(x_adv)), batch mean."""
         step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-        x_adv = self._pgd(eps, self.steps, step_size, seed, loss="kl")(model, x, y)
+        attack = self._pgd(eps, self.steps, step_size, seed, loss="kl")
+        x_adv = examples_for_checked_data(attack, model, x, y)
         logits = model(x)
         logits_adv = model(x_adv)
         robust = F.kl_div(
@@ -498,6 +500,20 @@ METHODS: dict[str, type[AdversarialTraining]] = {
 
 
 # --- the loop ------------------------------------------------------------------------------------
+
+
+def check_folder(folder: Path, *, resume: bool) -> None:
+    """Raise :class:`InputError` unless ``folder`` can hold a new run, or a run to resume."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} exists and is not a folder")
+    checkpoint = folder / CHECKPOINT
+    if resume and not checkpoint.exists():
+        raise InputError(f"--resume: {folder} holds no {CHECKPOINT} to resume from")
+    if not resume and checkpoint.exists():
+        raise InputError(
+            f"{folder} holds the checkpoint of an earlier run; resume it (--resume) or choose "
+            "another folder"
+        )
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -560,20 +576,12 @@ class _Run:
 
     def prepare_folder(self, resume: bool) -> None:
         assert isinstance(self.folder, Path)
-        if self.folder.exists() and not self.folder.is_dir():
-            raise InputError(f"{self.folder} exists and is not a folder")
+        check_folder(self.folder, resume=resume)
         self.folder.mkdir(parents=True, exist_ok=True)
         checkpoint = self.folder / CHECKPOINT
         if not resume:
-            if checkpoint.exists():
-                raise InputError(
-                    f"{self.folder} holds the checkpoint of an earlier run; resume it "
-                    "(--resume) or choose another folder"
-                )
             (self.folder / LOG).unlink(missing_ok=True)
             return
-        if not checkpoint.exists():
-            raise InputError(f"--resume: {self.folder} holds no {CHECKPOINT} to resume from")
         self.restore(checkpoint)
         # The log may have run ahead of the checkpoint when the run was killed: rewrite it.
         write_atomic(self.folder / LOG, "".join(json.dumps(r) + "\n" for r in self.history))
