@@ -20,7 +20,7 @@ from torch import nn
 from mlsec import _model
 from mlsec._checks import check_batch, check_labels
 from mlsec.errors import InputError
-from mlsec.threat import Geometry, Norm, ThreatModel, geometry
+from mlsec.threat import LINF, Geometry, Norm, ThreatModel, geometry
 
 __all__ = ["Attack", "AttackResult", "Perturbation", "Problem", "examples_for_checked_data"]
 
@@ -87,6 +87,11 @@ class Problem:
         ce = F.cross_entropy(logits.float(), labels, reduction="none")
         return ce if self.target is None else -ce
 
+    def total_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The batch's summed :meth:`loss`, in one reduction (what a gradient step needs)."""
+        ce = F.cross_entropy(logits.float(), labels, reduction="sum")
+        return ce if self.target is None else -ce
+
     def succeeded(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Bool per sample: misclassified (untargeted) or classified as the target (targeted)."""
         predicted = logits.argmax(dim=1)
@@ -94,6 +99,10 @@ class Problem:
 
     def clip(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """``x_adv`` moved into the eps ball around ``x`` and into the bounds."""
+        if self.geometry is LINF:  # a box: one clamp, and clipping twice changes nothing
+            low = torch.maximum(x - self.eps, self.low)
+            high = torch.minimum(x + self.eps, self.high)
+            return torch.clamp(x_adv, low, high)
         delta = self.geometry.project(x_adv - x, self.eps)
         return torch.clamp(x + delta, self.low, self.high)
 

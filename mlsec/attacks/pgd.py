@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.errors import InputError
+from mlsec.threat import LINF
 
 __all__ = ["PGD", "projected_gradient_ascent"]
 
@@ -56,24 +57,43 @@ def projected_gradient_ascent(
     result is fixed, so attacking it further is wasted work.
     """
     batch = problem.x.shape[0]
-    x = problem.x.repeat(restarts, *([1] * (problem.x.dim() - 1)))
-    labels = problem.labels.repeat(restarts)
+    x, labels = problem.x, problem.labels
+    if restarts > 1:
+        x = x.repeat(restarts, *([1] * (x.dim() - 1)))
+        labels = labels.repeat(restarts)
     geometry = problem.geometry
     # torch.full, not torch.tensor: a host-to-device copy would wait for the device.
     step = torch.full((), step_size, dtype=x.dtype, device=x.device)
     shrink = SHRINK_ON_CPU and x.device.type == "cpu" and not last_iterate
+    x0, target = x, labels
+    total = x.shape[0]
+    rows = torch.arange(total, device=x.device)  # the rows still being attacked
+    # In linf the admissible set is a box: one clamp to precomputed bounds per step, the same
+    # set as problem.clip's projection and then the bounds, in a sixth of the kernel launches.
+    box = geometry is LINF
+    if box:
+        lo = torch.maximum(x - problem.eps, problem.low)
+        hi = torch.minimum(x + problem.eps, problem.high)
+
+    def project(x_new: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x_new, lo, hi) if box else problem.clip(x0, x_new)
+
+    def step_loss(logits: torch.Tensor) -> torch.Tensor:
+        if objective is None:
+            return problem.total_loss(logits, target)
+        return objective(logits, rows, target).sum()
 
     x_adv = x
     if random_start:
-        x_adv = problem.clip(x, x + geometry.random_start(x, problem.eps, problem.generator))
+        x_adv = project(x + geometry.random_start(x, problem.eps, problem.generator))
 
-    total = x.shape[0]
-    found = torch.zeros(total, dtype=torch.bool, device=x.device)
-    best_x = x_adv.clone()
+    # Which iterate each sample keeps; not needed when the last iterate of one start is the answer.
+    tracking = not (last_iterate and restarts == 1)
+    if tracking:
+        found = torch.zeros(total, dtype=torch.bool, device=x.device)
+        best_x = x_adv.clone()
+        final_loss = torch.full((total,), float("-inf"), device=x.device)
     best_logits: torch.Tensor | None = None
-    final_loss = torch.full((total,), float("-inf"), device=x.device)
-    rows = torch.arange(total, device=x.device)  # the rows still being attacked
-    x0, target = x, labels
     loss_of = objective or (lambda logits, _rows, labels: problem.loss(logits, labels))
 
     def record(x_now: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -95,14 +115,15 @@ def projected_gradient_ascent(
                 "the model's output has no gradient with respect to its input (detached, or "
                 "computed under torch.no_grad); gradient attacks need a differentiable model"
             )
-        loss = loss_of(logits, rows, target)
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        (grad,) = torch.autograd.grad(step_loss(logits), x_adv)
         if not last_iterate:  # the last iterate needs no record of the ones before it
             hit = record(x_adv.detach(), logits.detach())
-        x_adv = problem.clip(x0, x_adv.detach() + step * geometry.ascent(grad))
+        x_adv = project(x_adv.detach() + step * geometry.ascent(grad))
         if shrink:
             keep = ~hit
             rows, x0, target, x_adv = rows[keep], x0[keep], target[keep], x_adv[keep]
+            if box:
+                lo, hi = lo[keep], hi[keep]
             if rows.numel() == 0:
                 break
 
