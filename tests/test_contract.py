@@ -381,3 +381,25 @@ def test_last_iterate_pgd_equals_textbook_pgd(
     assert torch.allclose(mine(cnn, x, y), expected, atol=1e-6)
     first = PGD(eps=eps, step_size=step, steps=steps, random_start=False)(cnn, x, y)
     assert not torch.allclose(first, expected, atol=1e-6), "first-success differs somewhere"
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_the_accelerator_code_path_finds_what_the_cpu_path_finds(
+    monkeypatch: pytest.MonkeyPatch,
+    mnist: tuple[torch.Tensor, torch.Tensor],
+    cnn: nn.Module,
+    restarts: int,
+) -> None:
+    # On the CPU broken samples leave the batch; on an accelerator the batch keeps its shape and
+    # the bookkeeping is plain where()s. Run the second path here: the answers must agree.
+    from mlsec.attacks import pgd as pgd_module
+
+    x, y = mnist[0][:200], mnist[1][:200]
+    attack = PGD(eps=0.08, steps=10, restarts=restarts)
+    shrinking = attack.run(cnn, x, y)
+    monkeypatch.setattr(pgd_module, "SHRINK_ON_CPU", False)
+    full = attack.run(cnn, x, y)
+    assert 20 < int(full.success.sum()) < 190
+    assert torch.equal(shrinking.success, full.success)
+    assert torch.allclose(shrinking.x_adv, full.x_adv, atol=1e-5)
+    assert torch.equal(shrinking.logits.argmax(1), full.logits.argmax(1))

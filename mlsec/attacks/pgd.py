@@ -27,10 +27,6 @@ __all__ = ["PGD", "projected_gradient_ascent"]
 SHRINK_ON_CPU = True
 
 
-def _per_sample(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
-
-
 def projected_gradient_ascent(
     problem: Problem,
     *,
@@ -96,15 +92,27 @@ def projected_gradient_ascent(
     best_logits: torch.Tensor | None = None
     loss_of = objective or (lambda logits, _rows, labels: problem.loss(logits, labels))
 
+    def merge(buffer: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``buffer`` with the rows being attacked replaced by ``value`` where ``mask``.
+
+        While no sample has left the batch (always, off the CPU) the rows are all of them: a
+        plain ``where`` then, as index_put over every row costs a sort on the accelerator.
+        """
+        mask = mask.view(-1, *([1] * (value.dim() - 1)))
+        if not shrink:
+            return torch.where(mask, value, buffer)
+        buffer[rows] = torch.where(mask, value, buffer[rows])
+        return buffer
+
     def record(x_now: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        nonlocal best_logits
+        nonlocal best_logits, best_x, found
         if best_logits is None:
             best_logits = logits.new_zeros((total, logits.shape[1]))
         hit = problem.succeeded(logits, target)
-        new = hit & ~found[rows]
-        best_x[rows] = torch.where(_per_sample(new, x_now), x_now, best_x[rows])
-        best_logits[rows] = torch.where(new[:, None], logits, best_logits[rows])
-        found[rows] = found[rows] | hit
+        new = hit & ~(found if not shrink else found[rows])
+        best_x = merge(best_x, new, x_now)
+        best_logits = merge(best_logits, new, logits)
+        found = merge(found, hit, torch.ones_like(hit))
         return hit
 
     for _ in range(steps):
@@ -134,13 +142,18 @@ def projected_gradient_ascent(
     if rows.numel() > 0:
         with torch.no_grad():
             logits = problem.forward(x_adv)
-            final_loss[rows] = loss_of(logits, rows, target).float()
+            loss_now = loss_of(logits, rows, target).float()
+        if shrink:
+            final_loss[rows] = loss_now
+        else:
+            final_loss = loss_now
         record(x_adv, logits)
         assert best_logits is not None
         # Samples that never succeeded keep their last iterate (all of them, with last_iterate).
-        missed = torch.ones_like(found[rows]) if last_iterate else ~found[rows]
-        best_x[rows] = torch.where(_per_sample(missed, x_adv), x_adv, best_x[rows])
-        best_logits[rows] = torch.where(missed[:, None], logits, best_logits[rows])
+        found_now = found if not shrink else found[rows]
+        missed = torch.ones_like(found_now) if last_iterate else ~found_now
+        best_x = merge(best_x, missed, x_adv)
+        best_logits = merge(best_logits, missed, logits)
     assert best_logits is not None
 
     # Per sample, the first restart that succeeded, else the one with the highest final loss.
