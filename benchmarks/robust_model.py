@@ -7,9 +7,10 @@ Usage (from the repository root, with mlsec installed)::
     python benchmarks/robust_model.py --device cuda --json robust.json
 
 ``mnist-cnn-pgd`` must reach at least 95% clean and 80% PGD-40 x 5 accuracy (the issue's targets);
-``mnist-cnn``, the standard model of the same data, is shown beside it. The published figures of
-Madry et al. (2018, Table 1: 98.8% clean, 93.2% PGD-40, 89.3% PGD-100 x 20; trained on all 60,000
-MNIST training images with a larger network) are printed for comparison.
+``mnist-cnn``, the standard model of the same data, is shown beside it. For comparison the script
+prints the published figures of Madry et al.'s MNIST model (trained on all 60,000 MNIST training
+images with a larger network) from Croce and Hein's AutoAttack table: 98.53% clean, 89.62% as
+reported, 88.50% under AutoAttack.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from mlsec.attacks import PGD
 
 EPS = 0.3
 TARGETS = {"clean": 0.95, "pgd-40x5": 0.80}
-MADRY = {"clean": 0.988, "pgd-40x5": 0.932, "pgd-100x20": 0.893}
+PUBLISHED = (
+    "published, Madry et al.'s MNIST model at eps 0.3 (AutoAttack table): clean 98.53%, "
+    "reported 89.62%, AutoAttack 88.50%"
+)
 
 
 def accuracy(model: nn.Module, attack: PGD | None, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -79,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             name,
             *(f"{100 * row[k]:.2f}% ({seconds[name][k]:.0f} s)" for k in attacks),
         )
-    table.add_row("Madry et al. 2018", *(f"{100 * MADRY[k]:.1f}%" for k in attacks))
     console = Console()
     console.print(table)
+    console.print(PUBLISHED)
     robust = results["mnist-cnn-pgd"]
     ok = all(robust[k] >= v for k, v in TARGETS.items())
     console.print(

@@ -4,14 +4,20 @@ Usage (from the repository root, with mlsec installed)::
 
     python scripts/train_mnist_robust.py    # -> mlsec/zoo/weights/mnist_cnn_pgd.safetensors
 
-The wide CNN (``mlsec.zoo.architectures.mnist_cnn_wide``) is trained with
+The CNN of ``mnist-cnn`` (``mlsec.zoo.architectures.mnist_cnn``) is trained with
 :class:`mlsec.defenses.PGDAdversarialTraining` on MNIST test images 0-7999 (the bundled 2,000 are
 held out) against PGD-10 at linf eps 0.3 (step 2.5 * eps / 10, random start, last iterate), eps
-ramped up linearly over the first 3 epochs so the network does not stall at chance; Adam, cosine
-learning rate, 15 epochs, batch 64, seed 0. The last epoch's weights are kept (nothing is selected
-on the held-out images). Each epoch prints clean and PGD-20 accuracy on 500 held-out images; the end
-prints the full check on all 2,000: clean accuracy and PGD-40 (eps 0.3, step 0.01, 5 restarts).
-The run folder (``--run``) holds the log and a checkpoint per epoch; ``--resume`` continues it.
+ramped up linearly over the first 2 epochs so the network does not stall at chance; SGD with
+momentum 0.9 at learning rate 0.05 on a cosine schedule, 15 epochs, batch 128, seed 0. The last
+epoch's weights are kept (nothing is selected on the held-out images). Each epoch prints clean and
+PGD-20 accuracy on 500 held-out images; the end prints the full check on all 2,000: clean accuracy
+and PGD-40 (eps 0.3, step 0.01, 5 restarts). The run folder (``--run``) holds the log and a
+checkpoint per epoch; ``--resume`` continues it.
+
+The recipe matters more than the width: with Adam (``--optimizer adam --lr 1e-3 --batch-size 64
+--eps-ramp 3``) the same network plateaus at 79.3% PGD-40 x 5 accuracy, and the wider
+``mnist_cnn_wide`` (the same with ``--arch wide``) at 83.9%; with SGD as above the small network
+reaches about 89%.
 
 Reference: A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu. Towards Deep Learning Models
 Resistant to Adversarial Attacks. ICLR 2018. arXiv:1706.06083.
@@ -51,11 +57,13 @@ def main() -> None:
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--eps-ramp", type=int, default=3, help="epochs over which eps grows")
+    parser.add_argument("--eps-ramp", type=int, default=2, help="epochs over which eps grows")
     parser.add_argument("--eps", type=float, default=0.3)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="sgd")
+    parser.add_argument("--arch", choices=["wide", "small"], default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--run", type=Path, default=ROOT / "out" / "mnist-cnn-pgd")
     parser.add_argument("--resume", action="store_true")
@@ -69,12 +77,13 @@ def main() -> None:
     x_test, y_test = mnist_sample()
 
     torch.manual_seed(args.seed)
-    model = architectures.mnist_cnn_wide().to(args.device)
+    build = architectures.mnist_cnn_wide if args.arch == "wide" else architectures.mnist_cnn
+    model = build().to(args.device)
     method = PGDAdversarialTraining(eps=args.eps, steps=args.steps)
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        optimizer="adam",
+        optimizer=args.optimizer,
         lr=args.lr,
         schedule="cosine",
         eps_ramp=args.eps_ramp,

@@ -42,10 +42,11 @@ _ENTRIES = {
         ),
         ZooEntry(
             name="mnist-cnn-pgd",
-            build=architectures.mnist_cnn_wide,
+            build=architectures.mnist_cnn,
             weights="mnist_cnn_pgd.safetensors",
             script="scripts/train_mnist_robust.py",
-            summary="wide CNN, PGD adversarial training (eps 0.3) on MNIST test images 0-7999",
+            summary="the small CNN, PGD adversarial training (linf eps 0.3) on MNIST test images "
+            "0-7999",
         ),
         ZooEntry(
             name="mnist-softmax",

@@ -18,8 +18,9 @@ def mnist_softmax() -> nn.Sequential:
 def mnist_cnn_wide() -> nn.Sequential:
     """The CNN with twice the filters and hidden units (32/64 filters, 200 hidden; 680k weights).
 
-    Adversarial training needs capacity (Madry et al.): the small CNN plateaus below 80% PGD-40
-    accuracy at eps 0.3 on 8,000 training images, this one does not.
+    Capacity helps adversarial training (Madry et al.): with Adam (``scripts/train_mnist_robust.py
+    --arch wide --optimizer adam --lr 1e-3 --batch-size 64 --eps-ramp 3``) it reaches 83.9%
+    PGD-40 accuracy at eps 0.3 where the small CNN plateaus at 79.3%.
     """
     return _cnn(32, 64, 200)
 
