@@ -178,3 +178,23 @@ def test_resume_after_sigkill_gives_the_uninterrupted_numbers(tmp_path: Path) ->
     assert refused.returncode == 2
     assert "belongs to a different audit (suite differ)" in refused.stderr
     assert len(log.read_text().splitlines()) == total
+
+
+def test_without_model_both_bundled_models_get_reports_and_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["audit", "--limit", "100", "--suite", "quick", "--eps", "0.3", "--no-progress"]
+    assert run_cli([*argv, "--out", str(out), "-q", "--fail-under", "worst@0.3=0.5"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("mnist-cnn on mnist-sample: clean ")
+    assert lines[1].startswith("mnist-cnn-pgd on mnist-sample: clean ")
+    # The gate applies to each model: the standard one fails it, the robust one passes.
+    assert "FAIL mnist-cnn: worst@0.3=0.5" in lines[2]
+    assert "PASS mnist-cnn-pgd: worst@0.3=0.5" in lines[3]
+    assert (out / "suite.toml").exists()
+    for name in ("mnist-cnn", "mnist-cnn-pgd"):
+        files = sorted(p.name for p in (out / name).iterdir())
+        assert files == ["report.html", "report.json", "report.junit.xml", "report.md"]
+        report = json.loads((out / name / "report.json").read_text())
+        assert report["model"] == name and report["n"] == 100

@@ -63,6 +63,18 @@ def test_pgd_training_buys_robustness_that_standard_training_does_not(
     assert results["pgd"][1] > results["standard"][1] + 0.3
 
 
+def test_trades_buys_robustness_too(split: tuple[Data, Data]) -> None:
+    # The budget of the test above, where standard training keeps under 10% under PGD-20.
+    train, (hx, hy) = split
+    model = fresh_cnn(0)
+    config = TrainConfig(epochs=4, batch_size=50, lr=3e-3, eps_ramp=1, seed=0)
+    TRADES(eps=0.2, beta=6.0, steps=5).fit(train, model=model, config=config)
+    with torch.no_grad():
+        clean = float((model(hx).argmax(1) == hy).float().mean())
+    assert clean > 0.8
+    assert robust_accuracy(model, hx, hy, 0.2) > 0.3
+
+
 def test_trades_with_beta_zero_is_standard_training(split: tuple[Data, Data]) -> None:
     # With beta = 0 TRADES' loss is the clean cross-entropy; its inner attack draws on its own
     # generator, so every update, and the weights, must equal standard training's exactly.

@@ -456,8 +456,8 @@ class TRADES(AdversarialTraining):
     The divergence is between the predictions at ``x`` and at the PGD point that maximises it.
 
     Args:
-        beta: weight of the robustness term; larger trades clean accuracy for robustness (the
-            paper uses 6 on CIFAR-10 and 1 to 6 elsewhere).
+        beta: weight of the robustness term; larger trades clean accuracy for robustness (6,
+            the default, is the value of the paper's CIFAR-10 runs).
         steps: PGD steps of the inner KL maximisation.
         step_size: PGD step; default ``2.5 * eps / steps``.
 
