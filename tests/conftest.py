@@ -11,7 +11,12 @@ import mlsec
 
 # Settings that keep each registered attack fast in the contract suite. An attack without an
 # entry runs with its defaults.
-FAST_PARAMS: dict[str, dict[str, Any]] = {"pgd": {"steps": 10}}
+FAST_PARAMS: dict[str, dict[str, Any]] = {
+    "pgd": {"steps": 10},
+    "apgd": {"steps": 10},
+    "apgd-dlr": {"steps": 10},
+    "apgd-t": {"steps": 10, "targets": 3},
+}
 
 
 def fast_attack(name: str, **params: Any) -> mlsec.Attack:

@@ -1,11 +1,15 @@
 """Attacks behind one interface: ``attack(model, x, y)`` gives ``x_adv``; ``attack.run``, more."""
 
+from mlsec.attacks.apgd import APGD, APGDDLR, APGDT
 from mlsec.attacks.base import Attack, AttackResult, Perturbation, Problem
 from mlsec.attacks.fgsm import FGSM
 from mlsec.attacks.pgd import PGD
 from mlsec.attacks.registry import create, get, list_attacks, register_attack
 
 __all__ = [
+    "APGD",
+    "APGDDLR",
+    "APGDT",
     "FGSM",
     "PGD",
     "Attack",

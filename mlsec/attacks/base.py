@@ -77,6 +77,20 @@ class Problem:
         out: torch.Tensor = self.model(x if x.dtype == self.model_dtype else x.to(self.model_dtype))
         return out
 
+    def forward_for_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` as a fresh leaf that requires grad, and the model's logits for it.
+
+        Raises :class:`InputError` when the logits carry no gradient to the input.
+        """
+        leaf = x.detach().requires_grad_(True)
+        logits = self.forward(leaf)
+        if not logits.requires_grad:
+            raise InputError(
+                "the model's output has no gradient with respect to its input (detached, or "
+                "computed under torch.no_grad); gradient attacks need a differentiable model"
+            )
+        return leaf, logits
+
     @property
     def labels(self) -> torch.Tensor:
         """The labels the loss is computed against: the target when targeted, else the truth."""

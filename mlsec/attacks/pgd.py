@@ -116,13 +116,7 @@ def projected_gradient_ascent(
         return hit
 
     for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        logits = problem.forward(x_adv)
-        if not logits.requires_grad:
-            raise InputError(
-                "the model's output has no gradient with respect to its input (detached, or "
-                "computed under torch.no_grad); gradient attacks need a differentiable model"
-            )
+        x_adv, logits = problem.forward_for_gradient(x_adv)
         (grad,) = torch.autograd.grad(step_loss(logits), x_adv)
         if not last_iterate:  # the last iterate needs no record of the ones before it
             hit = record(x_adv.detach(), logits.detach())
