@@ -1,5 +1,6 @@
 """Attacks behind one interface: ``attack(model, x, y)`` gives ``x_adv``; ``attack.run``, more."""
 
+from mlsec.attacks.adaptive import BPDA, EOT
 from mlsec.attacks.apgd import APGD, APGDDLR, APGDT
 from mlsec.attacks.base import Attack, AttackResult, Perturbation, Problem
 from mlsec.attacks.fgsm import FGSM
@@ -10,6 +11,8 @@ __all__ = [
     "APGD",
     "APGDDLR",
     "APGDT",
+    "BPDA",
+    "EOT",
     "FGSM",
     "PGD",
     "Attack",

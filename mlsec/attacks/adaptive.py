@@ -1,0 +1,130 @@
+"""Adaptive attacks for defenses that hide the gradient (Athalye, Carlini & Wagner 2018).
+
+- :class:`BPDA` wraps a non-differentiable step (a purifier, quantisation, JPEG) as a module whose
+  forward pass is the step itself and whose backward pass is a surrogate's (the identity by
+  default): put it in front of a classifier and any gradient attack goes through.
+- :class:`EOT` wraps any gradient attack so that it attacks the expectation of a randomised model
+  (or defense) over ``samples`` draws, folded into the batch, instead of one draw.
+
+References:
+    A. Athalye, N. Carlini, D. Wagner. Obfuscated Gradients Give a False Sense of Security:
+    Circumventing Defenses to Adversarial Examples. ICML 2018. arXiv:1802.00420.
+
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlsec.attacks.base import Attack, Perturbation, Problem
+from mlsec.errors import InputError
+
+__all__ = ["BPDA", "EOT"]
+
+
+class BPDA(nn.Module):
+    """Backward Pass Differentiable Approximation of ``step``.
+
+    The forward pass returns ``step(x)``; the backward pass is that of ``surrogate(x)``, by default
+    the identity (``step(x) ≈ x``, true of purifiers and quantisers).
+
+    Example:
+        >>> import torch
+        >>> quantise = BPDA(lambda x: torch.round(x * 4) / 4)
+        >>> x = torch.tensor([0.1, 0.4], requires_grad=True)
+        >>> y = quantise(x)
+        >>> y.sum().backward()
+        >>> y.tolist(), x.grad.tolist()
+        ([0.0, 0.5], [1.0, 1.0])
+
+    """
+
+    def __init__(
+        self,
+        step: Callable[[torch.Tensor], torch.Tensor],
+        surrogate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(step):
+            raise InputError(f"BPDA needs a callable step (got {type(step).__name__})")
+        self.step = step
+        self.surrogate = surrogate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``step(x)`` in value, ``surrogate(x)`` in gradient."""
+        with torch.no_grad():
+            exact = self.step(x)
+        smooth = x if self.surrogate is None else self.surrogate(x)
+        if exact.shape != smooth.shape:
+            raise InputError(
+                f"BPDA: the step returns shape {tuple(exact.shape)} but the surrogate "
+                f"{tuple(smooth.shape)}; they must agree"
+            )
+        # Value of the step, gradient of the surrogate.
+        return smooth + (exact - smooth).detach()
+
+
+class _Expectation(nn.Module):
+    """The randomised ``model`` averaged over ``samples`` draws: log of the mean softmax."""
+
+    def __init__(self, model: nn.Module, samples: int) -> None:
+        super().__init__()
+        self.model = model
+        self.samples = samples
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        draws = x.repeat(self.samples, *([1] * (x.dim() - 1)))
+        log_p = torch.log_softmax(self.model(draws).float(), dim=1)
+        log_p = log_p.view(self.samples, batch, -1)
+        return torch.logsumexp(log_p, dim=0) - math.log(self.samples)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EOT(Attack):
+    """Expectation over Transformation: ``attack`` against the mean prediction of ``samples`` draws.
+
+    Each forward pass of the wrapped attack evaluates the model on ``samples`` copies of the batch
+    at once and uses the log of the mean softmax, so its gradient is the gradient of the expected
+    loss's proxy rather than of one random draw. Success, too, is judged on the mean prediction.
+
+    Args:
+        attack: any gradient attack (an instance, or a registered name with ``eps``).
+        samples: draws of the randomness per forward pass, folded into the batch.
+
+    Example:
+        >>> from mlsec.attacks import PGD
+        >>> eot = EOT(attack=PGD(eps=0.3, steps=20), samples=8)
+        >>> eot.eps, eot.norm
+        (0.3, 'linf')
+
+    """
+
+    eps: float = -1.0  # taken from ``attack``
+    attack: Attack | None = None
+    samples: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attack, Attack):
+            raise InputError(f"EOT needs an attack instance (got {type(self.attack).__name__})")
+        if isinstance(self.attack, EOT):
+            raise InputError("EOT of EOT: raise samples instead")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise InputError(f"samples must be an integer >= 1 (got {self.samples!r})")
+        for name in ("eps", "norm", "bounds", "seed"):
+            object.__setattr__(self, name, getattr(self.attack, name))
+        super().__post_init__()
+
+    def _perturb(self, problem: Problem) -> Perturbation:
+        assert self.attack is not None
+        averaged = _Expectation(problem.model, self.samples)
+        answer = self.attack._perturb(dataclasses.replace(problem, model=averaged))
+        return Perturbation(
+            x_adv=answer.x_adv, logits=answer.logits, queries=answer.queries * self.samples
+        )
