@@ -90,9 +90,10 @@ def attack_checks(
 ) -> list[str]:
     """Checks of the attacks on a probe of correctly classified samples, each attack alone.
 
-    Robust accuracy that rises with eps, an iterative attack that does worse than FGSM, and
-    accuracy above chance at a budget large enough to erase any input are signs that gradients
-    mislead the attacks.
+    Robust accuracy that rises with eps, an iterative attack that does worse than FGSM, a
+    gradient-free attack (Square) that does better than every gradient attack, and accuracy above
+    chance at a budget large enough to erase any input are signs that gradients mislead the
+    attacks.
     """
     keep = correct.nonzero().flatten()[:PROBE]
     if len(keep) == 0:
@@ -101,11 +102,18 @@ def attack_checks(
     slack = 1.5 / len(keep)  # more than one sample
     warnings = []
     reference: dict[float, float] = {}
+    white: dict[float, float] = {}  # the best gradient attack's accuracy per eps
+    black: dict[float, tuple[str, float]] = {}  # the best gradient-free attack's
     for entry in suite.entries:
         previous: tuple[float, float] | None = None
         for eps in entry.eps:
             attack = dataclasses.replace(entry.attack, eps=eps)
             accuracy = _standalone_accuracy(model, attack, px, py)
+            if entry.attack.gradient_free:
+                if eps not in black or accuracy < black[eps][1]:
+                    black[eps] = (entry.label, accuracy)
+            else:
+                white[eps] = min(accuracy, white.get(eps, 1.0))
             if previous is not None and accuracy > previous[1] + slack:
                 warnings.append(
                     f"robust accuracy under {entry.label} rises with eps ({100 * previous[1]:.1f}% "
@@ -123,6 +131,15 @@ def attack_checks(
                         f"eps {eps:g} ({100 * accuracy:.1f}% against {100 * reference[eps]:.1f}%): "
                         "a sign of gradient masking"
                     )
+    for eps, (label, accuracy) in sorted(black.items()):
+        # More than 5 points (or the probe's noise): a black-box search can edge out a gradient
+        # attack on a robust model by a sample or two without any masking.
+        if eps in white and accuracy < white[eps] - max(slack, 0.05):
+            warnings.append(
+                f"the black-box attack {label} does better than every gradient attack at eps "
+                f"{eps:g} ({100 * accuracy:.1f}% against {100 * white[eps]:.1f}%): the gradients "
+                "mislead the white-box attacks (gradient masking); trust the lower number"
+            )
     iterative = [e for e in suite.entries if isinstance(e.attack, PGD)]
     base: Attack = (
         iterative[-1].attack if iterative else PGD(eps=0.0, steps=20, bounds=suite.bounds)

@@ -16,6 +16,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "apgd": {"steps": 10},
     "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 10, "targets": 3},
+    "square": {"queries": 300},
 }
 
 

@@ -28,7 +28,7 @@ def test_builtin_suites_are_what_the_docs_say() -> None:
     assert thorough.steps == 100
     assert thorough.restarts > 1
     assert load_suite("default").entries[1].attack == PGD(eps=0.0, steps=40)
-    assert set(BUILTIN_SUITES) == {"default", "quick", "thorough"}
+    assert set(BUILTIN_SUITES) == {"default", "quick", "thorough", "standard"}
 
 
 def test_toml_suite_with_defaults_and_per_attack_grid(tmp_path: Path) -> None:

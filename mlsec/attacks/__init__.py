@@ -6,6 +6,7 @@ from mlsec.attacks.base import Attack, AttackResult, Perturbation, Problem
 from mlsec.attacks.fgsm import FGSM
 from mlsec.attacks.pgd import PGD
 from mlsec.attacks.registry import create, get, list_attacks, register_attack
+from mlsec.attacks.square import Square
 
 __all__ = [
     "APGD",
@@ -19,6 +20,7 @@ __all__ = [
     "AttackResult",
     "Perturbation",
     "Problem",
+    "Square",
     "create",
     "get",
     "list_attacks",

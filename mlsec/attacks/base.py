@@ -134,6 +134,10 @@ class Attack(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # The norms this attack implements; a subclass that lacks one says so here.
+    norms: ClassVar[tuple[Norm, ...]] = ("linf", "l2")
+    # Reads only the model's outputs (a black-box check on the gradient attacks).
+    gradient_free: ClassVar[bool] = False
 
     eps: float
     norm: Norm = "linf"
@@ -142,6 +146,11 @@ class Attack(abc.ABC):
 
     def __post_init__(self) -> None:
         ThreatModel(norm=self.norm, eps=self.eps, bounds=self.bounds)
+        if self.norm not in self.norms:
+            raise InputError(
+                f"{type(self).__name__} supports norm {' and '.join(map(repr, self.norms))} "
+                f"(got {self.norm!r})"
+            )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise InputError(f"seed must be an integer (got {self.seed!r})")
 
