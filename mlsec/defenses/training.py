@@ -42,7 +42,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from mlsec import _model
-from mlsec._checks import check_labels
+from mlsec._checks import check_batch, check_labels
 from mlsec._files import write_atomic
 from mlsec.attacks.base import examples_for_checked_data
 from mlsec.attacks.pgd import PGD
@@ -337,15 +337,11 @@ class AdversarialTraining(Defense):
         return run.train(progress=progress, console=console, on_epoch=on_epoch)
 
     def _check_data(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, what: str) -> None:
-        low, high = float(x.min()), float(x.max())
-        if low < self.bounds[0] - 1e-6 or high > self.bounds[1] + 1e-6:
-            raise InputError(
-                f"{what}: inputs range over [{low:.4g}, {high:.4g}], outside the bounds "
-                f"{self.bounds}; scale them or set bounds"
-            )
         was_training = model.training
         model.eval()
         try:
+            # Once for the whole set: the same checks the inner attack skips on every batch.
+            check_batch(model, x, y, None, self.bounds)
             check_labels(model, x, y, None)
         except InputError as error:
             raise InputError(f"{what}: {error}") from None
