@@ -128,7 +128,7 @@ def audit(
         model: the classifier, returning logits; left in the mode it was given in.
         data: ``(x, y)``: inputs within the bounds and integer labels.
         suite: a :class:`mlsec.suite.Suite`, a built-in suite name (``default``, ``quick``,
-            ``thorough``) or a TOML file; default ``default`` (FGSM, then PGD-40).
+            ``standard``, ``thorough``) or a TOML file; default ``default`` (FGSM, then PGD-40).
         attacks: instead of a suite, attacks (their eps is replaced by each grid value) or
             registered names, chained in this order.
         eps: the budgets in input units; overrides the suite's grids.

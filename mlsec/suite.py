@@ -1,7 +1,7 @@
 """Audit suites: which attacks run, with which parameters, over which eps grid.
 
-A suite is a chain of attacks. Built-in suites are named (``default``, ``quick``, ``thorough``,
-``standard``); others come from a TOML file::
+A suite is a chain of attacks. Built-in suites are named (``default``, ``quick``, ``standard``,
+``thorough``); others come from a TOML file::
 
     name = "release-gate"      # optional
     norm = "linf"              # default for every attack
@@ -239,7 +239,6 @@ def _builtin(name: str, chain: Sequence[tuple[str, dict[str, Any]]]) -> Suite:
 BUILTIN_SUITES: dict[str, Suite] = {
     "default": _builtin("default", [("fgsm", {}), ("pgd", {"steps": 40})]),
     "quick": _builtin("quick", [("fgsm", {}), ("pgd", {"steps": 20})]),
-    "thorough": _builtin("thorough", [("fgsm", {}), ("pgd", {"steps": 100, "restarts": 5})]),
     # AutoAttack's standard version: APGD-CE, APGD-T against 9 classes, Square with 5,000 queries.
     "standard": _builtin(
         "standard",
@@ -247,6 +246,17 @@ BUILTIN_SUITES: dict[str, Suite] = {
             ("apgd", {"steps": 100}),
             ("apgd-t", {"steps": 100, "targets": 9}),
             ("square", {"queries": 5000}),
+        ],
+    ),
+    # The standard chain with restarts, plus APGD on the DLR loss (AutoAttack's "plus" version,
+    # without FAB).
+    "thorough": _builtin(
+        "thorough",
+        [
+            ("apgd", {"steps": 100, "restarts": 5}),
+            ("apgd-dlr", {"steps": 100, "restarts": 5}),
+            ("apgd-t", {"steps": 100, "targets": 9}),
+            ("square", {"queries": 5000, "restarts": 5}),
         ],
     ),
 }

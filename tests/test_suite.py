@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsec.attacks import FGSM, PGD
+from mlsec.attacks import APGD, APGDDLR, APGDT, FGSM, PGD, Square
 from mlsec.errors import InputError
 from mlsec.suite import BUILTIN_SUITES, load_suite, parse_eps
 
@@ -23,10 +23,14 @@ def test_builtin_suites_are_what_the_docs_say() -> None:
     assert [e.label for e in quick.entries] == ["fgsm", "pgd"]
     assert isinstance(quick.entries[1].attack, PGD)
     assert quick.entries[1].attack.steps == 20
-    thorough = load_suite("thorough").entries[-1].attack
-    assert isinstance(thorough, PGD)
-    assert thorough.steps == 100
-    assert thorough.restarts > 1
+    # thorough: the standard chain with restarts, and APGD on the DLR loss as well.
+    thorough = load_suite("thorough")
+    assert [e.label for e in thorough.entries] == ["apgd", "apgd-dlr", "apgd-t", "square"]
+    apgd, dlr, targeted, square = (e.attack for e in thorough.entries)
+    assert isinstance(apgd, APGD) and isinstance(dlr, APGDDLR) and isinstance(targeted, APGDT)
+    assert isinstance(square, Square)
+    assert (apgd.steps, apgd.restarts, dlr.restarts, targeted.targets) == (100, 5, 5, 9)
+    assert (square.queries, square.restarts) == (5000, 5)
     assert load_suite("default").entries[1].attack == PGD(eps=0.0, steps=40)
     assert set(BUILTIN_SUITES) == {"default", "quick", "thorough", "standard"}
 
@@ -71,6 +75,7 @@ def test_resolved_suite_round_trips(tmp_path: Path) -> None:
     again = load_suite(path)
     assert again == suite
     assert again.entries[1].attack.steps == 7  # type: ignore[attr-defined]
+    assert again.entries[3].attack.restarts == 5  # type: ignore[attr-defined]
     assert again.eps == [0.05, 0.2]
 
 

@@ -1,9 +1,16 @@
-"""Square attack (Andriushchenko et al. 2020), linf: score-based random search, no gradients.
+"""Square attack (Andriushchenko et al. 2020), linf and l2: score-based random search, no gradients.
 
-Starting from vertical stripes of +-eps, each iteration proposes, for every sample still
-standing, a square window (its side shrinking on a fixed schedule) set to a random +-eps per
-channel, and keeps the proposal when it lowers the margin loss. It reads only the model's scores,
-so it is blind to gradient masking: a black-box check on the white-box attacks.
+Each iteration proposes, for every sample still standing, a change confined to a square window
+(its side shrinking on a fixed schedule) and keeps the proposal when it lowers the margin loss.
+
+- linf: starts from vertical stripes of +-eps; a proposal sets one window (per sample) to a
+  random +-eps per channel.
+- l2: starts from a grid of square "bumps" (two half-squares of opposite sign whose weights fall
+  off with the distance from their centre), scaled to norm eps; a proposal moves the mass of a
+  second window into the first window, on top of a fresh bump, and rescales to norm eps again.
+
+It reads only the model's scores, so it is blind to gradient masking: a black-box check on the
+white-box attacks. Samples that succeed leave the batch (checked every ``_COMPACT`` iterations).
 
 References:
     M. Andriushchenko, F. Croce, N. Flammarion, M. Hein. Square Attack: a query-efficient
@@ -13,21 +20,24 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.errors import InputError
-from mlsec.threat import Norm
+from mlsec.threat import LINF
 
-__all__ = ["Square", "square_fraction"]
+__all__ = ["Square", "square_bump", "square_fraction"]
 
 # Fractions of the iterations (in ten-thousandths) after which the window's area halves.
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Samples that have succeeded leave the batch every this many iterations (each check waits on
+# the device once).
+_COMPACT = 10
 
 
 def square_fraction(p_init: float, iteration: int, total: int) -> float:
@@ -42,14 +52,51 @@ def square_fraction(p_init: float, iteration: int, total: int) -> float:
     return p_init / 2 ** sum(at > h for h in _HALVINGS)
 
 
+def _half_bump(rows: int, cols: int) -> torch.Tensor:
+    """A ``rows x cols`` block, heaviest in the middle, of unit l2 norm.
+
+    A cell at Chebyshev distance ``d`` from the centre weighs ``sum_{k >= d} 1 / (k + 1)^2``.
+    """
+    reach = max(rows // 2, cols // 2) + 1
+    weights = 1.0 / torch.arange(1, reach + 1, dtype=torch.float64) ** 2
+    tail = weights.flip(0).cumsum(0).flip(0)  # tail[d] = sum of weights[d:]
+    d_row = (torch.arange(rows) - rows // 2).abs()
+    d_col = (torch.arange(cols) - cols // 2).abs()
+    block = tail[torch.maximum(d_row[:, None], d_col[None, :])]
+    return block / block.norm()
+
+
+def square_bump(side: int, transpose: bool = False) -> torch.Tensor:
+    """The l2 attack's ``side x side`` pattern: a positive half-square over a negative one.
+
+    Unit l2 norm, zero sum for even halves; ``transpose`` turns it on its side.
+
+    Example:
+        >>> bump = square_bump(5)
+        >>> round(float(bump.norm()), 6), bool(bump[:2].min() > 0), bool(bump[2:].max() < 0)
+        (1.0, True, True)
+
+    """
+    top = side // 2
+    pattern = (
+        torch.cat([_half_bump(top, side), -_half_bump(side - top, side)])
+        if top
+        else (_half_bump(side, side))
+    )
+    pattern = pattern / pattern.norm()
+    return pattern.T if transpose else pattern
+
+
 @register_attack("square")
 @dataclass(frozen=True, kw_only=True)
 class Square(Attack):
-    """Square attack, linf, on the margin loss.
+    """Square attack on the margin loss, linf or l2.
 
     Args:
         queries: forward passes per sample at most (the initialisation counts as one).
         p_init: initial fraction of pixels in a window (0.8 in AutoAttack).
+        restarts: searches from new random starts for the samples still standing; the lowest
+            margin is kept.
 
     Example:
         >>> import mlsec
@@ -61,11 +108,11 @@ class Square(Attack):
 
     """
 
-    norms: ClassVar[tuple[Norm, ...]] = ("linf",)  # the l2 version is not implemented yet
-    gradient_free: ClassVar[bool] = True
+    gradient_free = True
 
     queries: int = 5000
     p_init: float = 0.8
+    restarts: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,6 +120,12 @@ class Square(Attack):
             raise InputError(f"queries must be an integer >= 1 (got {self.queries!r})")
         if not isinstance(self.p_init, int | float) or not 0 < self.p_init <= 1:
             raise InputError(f"p_init must lie in (0, 1] (got {self.p_init!r})")
+        if (
+            not isinstance(self.restarts, int)
+            or isinstance(self.restarts, bool)
+            or self.restarts < 1
+        ):
+            raise InputError(f"restarts must be an integer >= 1 (got {self.restarts!r})")
 
     def _perturb(self, problem: Problem) -> Perturbation:
         x = problem.x
@@ -80,47 +133,146 @@ class Square(Attack):
             raise InputError(
                 f"Square needs images [batch, channels, height, width] (got {tuple(x.shape)})"
             )
-        batch, channels, height, width = x.shape
-        gen, eps = problem.generator, problem.eps
-        labels = problem.labels
-        targeted = problem.target is not None
-
-        def margin(logits: torch.Tensor) -> torch.Tensor:
-            z = logits.float()
-            own = z.gather(1, labels[:, None]).squeeze(1)
-            other = z.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
-            # Below zero means success: the target on top, or the true class overtaken.
-            return other - own if targeted else own - other
-
+        if min(x.shape[2:]) < 2:
+            raise InputError(f"Square needs images at least 2x2 (got {tuple(x.shape[2:])})")
         with torch.no_grad():
-            signs = torch.randint(0, 2, (batch, channels, 1, width), generator=gen, device=x.device)
-            delta = (2 * signs - 1).to(x.dtype) * eps
-            x_adv = problem.clip(x, x + delta)
-            logits = problem.forward(x_adv)
-            loss = margin(logits)
-            rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
-            cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
-            for i in range(self.queries - 1):
-                if i % 50 == 49 and not bool((loss >= 0).any()):
-                    break  # every sample succeeded (checked now and then: it waits on the device)
-                area = square_fraction(self.p_init, i, self.queries) * height * width
-                side = min(max(round(math.sqrt(area)), 1), height - 1)
-                top = torch.randint(
-                    0, height - side + 1, (batch, 1, 1, 1), generator=gen, device=x.device
+            x_adv, logits, loss = self._search(problem)
+            for _ in range(1, self.restarts):
+                # A new search from a new random start, for the samples still standing.
+                idx = (loss >= 0).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                target = None if problem.target is None else problem.target[idx]
+                sub = dataclasses.replace(problem, x=x[idx], y=problem.y[idx], target=target)
+                x_new, logits_new, loss_new = self._search(sub)
+                better = loss_new < loss[idx]
+                x_adv[idx] = torch.where(better.view(-1, 1, 1, 1), x_new, x_adv[idx])
+                logits[idx] = torch.where(better[:, None], logits_new, logits[idx])
+                loss[idx] = torch.where(better, loss_new, loss[idx])
+        return Perturbation(x_adv=x_adv, logits=logits, queries=self.queries * self.restarts)
+
+    def _search(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One run of the random search: examples, their logits and their margins."""
+        x = problem.x
+        linf = problem.geometry is LINF
+        propose = self._linf_proposal if linf else self._l2_proposal
+        x_best = problem.clip(x, x + (self._linf_start if linf else self._l2_start)(problem))
+        logits = problem.forward(x_best)
+        loss = _margin(problem, logits, problem.labels)
+        # The working set: the samples still standing at the last check, and their state.
+        idx = torch.arange(len(x), device=x.device)
+        xs, xs_best, zs, ls, labels = x, x_best, logits, loss, problem.labels
+        for i in range(self.queries - 1):
+            if i % _COMPACT == 0:
+                if i:  # write the working set back before choosing a new one
+                    x_best[idx], logits[idx], loss[idx] = xs_best, zs, ls
+                idx = (loss >= 0).nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                xs, xs_best, zs, ls = x[idx], x_best[idx], logits[idx], loss[idx]
+                labels = problem.labels[idx]
+            candidate = propose(problem, xs, xs_best, i)
+            new_logits = problem.forward(candidate)
+            new_loss = _margin(problem, new_logits, labels)
+            # Only samples still standing move, and only to a lower margin.
+            accept = (new_loss < ls) & (ls >= 0)
+            xs_best = torch.where(accept.view(-1, 1, 1, 1), candidate, xs_best)
+            zs = torch.where(accept[:, None], new_logits, zs)
+            ls = torch.where(accept, new_loss, ls)
+        else:  # the budget ran out: write the working set back
+            x_best[idx], logits[idx], loss[idx] = xs_best, zs, ls
+        return x_best, logits, loss
+
+    def _side(self, problem: Problem, iteration: int, *, smallest: int) -> int:
+        height, width = problem.x.shape[2:]
+        area = square_fraction(self.p_init, iteration, self.queries) * height * width
+        return min(max(round(math.sqrt(area)), smallest), min(height, width) - 1)
+
+    def _randint(self, problem: Problem, high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(0, high, shape, generator=problem.generator, device=problem.x.device)
+
+    def _signs(self, problem: Problem, shape: tuple[int, ...]) -> torch.Tensor:
+        return (2 * self._randint(problem, 2, shape) - 1).to(problem.x.dtype)
+
+    # linf ------------------------------------------------------------------------------------
+
+    def _linf_start(self, problem: Problem) -> torch.Tensor:
+        batch, channels, _, width = problem.x.shape
+        return self._signs(problem, (batch, channels, 1, width)) * problem.eps
+
+    def _linf_proposal(
+        self, problem: Problem, x: torch.Tensor, x_best: torch.Tensor, iteration: int
+    ) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        side = self._side(problem, iteration, smallest=1)
+        top = self._randint(problem, height - side + 1, (batch, 1, 1, 1))
+        left = self._randint(problem, width - side + 1, (batch, 1, 1, 1))
+        rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
+        cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
+        window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+        corner = self._signs(problem, (batch, channels, 1, 1)) * problem.eps
+        return problem.clip(x, torch.where(window, x + corner, x_best))
+
+    # l2 --------------------------------------------------------------------------------------
+
+    def _bump(self, problem: Problem, side: int) -> torch.Tensor:
+        transpose = bool(self._randint(problem, 2, (1,)).item())
+        return square_bump(side, transpose).to(device=problem.x.device, dtype=problem.x.dtype)
+
+    def _l2_start(self, problem: Problem) -> torch.Tensor:
+        batch, channels, height, width = problem.x.shape
+        side = max(min(height, width) // 5, 1)
+        delta = torch.zeros_like(problem.x)
+        top0, left0 = (height - 5 * side) // 2, (width - 5 * side) // 2
+        for top in range(max(top0, 0), height - side + 1, side):
+            for left in range(max(left0, 0), width - side + 1, side):
+                signs = self._signs(problem, (batch, channels, 1, 1))
+                delta[:, :, top : top + side, left : left + side] = signs * self._bump(
+                    problem, side
                 )
-                left = torch.randint(
-                    0, width - side + 1, (batch, 1, 1, 1), generator=gen, device=x.device
-                )
-                window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-                flip = torch.randint(0, 2, (batch, channels, 1, 1), generator=gen, device=x.device)
-                proposal = torch.where(window, (2 * flip - 1).to(x.dtype) * eps, delta)
-                candidate = problem.clip(x, x + proposal)
-                new_logits = problem.forward(candidate)
-                new_loss = margin(new_logits)
-                # Only samples still standing move, and only to a lower margin.
-                accept = (new_loss < loss) & (loss >= 0)
-                delta = torch.where(accept.view(-1, 1, 1, 1), proposal, delta)
-                x_adv = torch.where(accept.view(-1, 1, 1, 1), candidate, x_adv)
-                logits = torch.where(accept[:, None], new_logits, logits)
-                loss = torch.where(accept, new_loss, loss)
-        return Perturbation(x_adv=x_adv, logits=logits, queries=self.queries)
+        return _to_l2(delta, problem.eps)
+
+    def _l2_proposal(
+        self, problem: Problem, x: torch.Tensor, x_best: torch.Tensor, iteration: int
+    ) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        side = self._side(problem, iteration, smallest=3)
+        side -= 1 - side % 2  # odd, so the bump has a centre row
+        # One pair of windows for the whole batch (as in the reference implementation).
+        t1, t2 = self._randint(problem, height - side + 1, (2,)).tolist()
+        l1, l2 = self._randint(problem, width - side + 1, (2,)).tolist()
+        first = (slice(None), slice(None), slice(t1, t1 + side), slice(l1, l1 + side))
+        second = (slice(None), slice(None), slice(t2, t2 + side), slice(l2, l2 + side))
+        delta = x_best - x
+        both = torch.zeros_like(delta[:1])
+        both[first] = 1
+        both[second] = 1
+        norm_image = _norms(delta)
+        norm_windows = _norms(delta * both)
+        inside = delta[first]
+        old = inside / (1e-12 + inside.pow(2).sum(dim=(2, 3), keepdim=True).sqrt())
+        new = self._signs(problem, (batch, channels, 1, 1)) * self._bump(problem, side) + old
+        # The window takes the mass of both windows plus its share of what the image has left.
+        mass = ((problem.eps**2 - norm_image**2).clamp(min=0) / channels + norm_windows**2).sqrt()
+        new = new / (1e-12 + new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()) * mass
+        delta = delta.clone()
+        delta[second] = 0
+        delta[first] = new
+        return problem.clip(x, x + _to_l2(delta, problem.eps))
+
+
+def _margin(problem: Problem, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sample: below zero means success (the target on top, or the true class overtaken)."""
+    z = logits.float()
+    own = z.gather(1, labels[:, None]).squeeze(1)
+    other = z.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return other - own if problem.target is not None else own - other
+
+
+def _norms(delta: torch.Tensor) -> torch.Tensor:
+    return delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def _to_l2(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """``delta`` rescaled to l2 norm ``eps`` per sample."""
+    return delta / (_norms(delta) + 1e-12) * eps
