@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -63,26 +65,33 @@ def test_targeted_square_aims_at_the_target(mnist: Data, cnn: nn.Module) -> None
     assert float(hit.float().mean()) > 0.5
 
 
-def test_l2_square_matches_torchattacks_and_stays_in_the_ball(mnist: Data, cnn: nn.Module) -> None:
-    # An independent implementation of the same algorithm (torchattacks' Square, L2), same model,
-    # images and budget. Measured on 200 images at eps 2.0: mlsec 46.5% / 45.0% (seeds 0, 1),
-    # torchattacks 46.0% / 42.5%.
-    torchattacks = pytest.importorskip("torchattacks")
+def test_l2_square_stays_in_the_ball_and_beats_noise(mnist: Data, cnn: nn.Module) -> None:
+    # Measured on these 120 images at eps 2.0 with 1,000 queries: 44.2%; noise of the same norm
+    # leaves 99.2%.
     x, y = mnist[0][:120], mnist[1][:120]
     result = Square(eps=2.0, norm="l2", queries=1000).run(cnn, x, y)
     norms = (result.x_adv - x).flatten(1).norm(dim=1)
     assert float(norms.max()) <= 2.0 + 1e-5
     assert float(result.x_adv.min()) >= 0.0 and float(result.x_adv.max()) <= 1.0
     ours = float((~result.success).float().mean())
-    peer = torchattacks.Square(cnn.eval(), norm="L2", eps=2.0, n_queries=1000, p_init=0.8, seed=0)
-    with torch.no_grad():
-        theirs = float((cnn(peer(x, y)).argmax(1) == y).float().mean())
-    assert abs(ours - theirs) <= 0.06, (ours, theirs)
-    # Random noise of the same norm barely moves the model: the search is doing the work.
+    assert ours <= 0.6
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     noisy = (x + noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * 2.0).clamp(0, 1)
     with torch.no_grad():
         assert float((cnn(noisy).argmax(1) == y).float().mean()) >= ours + 0.3
+
+
+def test_l2_square_matches_torchattacks(mnist: Data, cnn: nn.Module) -> None:
+    # An independent implementation of the same algorithm (torchattacks' Square, L2; not a
+    # dependency of the test extra, hence the skip), same model, images and budget. Measured on
+    # 200 images at eps 2.0: mlsec 46.5% / 45.0% (seeds 0, 1), torchattacks 46.0% / 42.5%.
+    torchattacks = pytest.importorskip("torchattacks")
+    x, y = mnist[0][:120], mnist[1][:120]
+    ours = float((~Square(eps=2.0, norm="l2", queries=1000).run(cnn, x, y).success).float().mean())
+    peer = torchattacks.Square(cnn.eval(), norm="L2", eps=2.0, n_queries=1000, p_init=0.8, seed=0)
+    with torch.no_grad():
+        theirs = float((cnn(peer(x, y)).argmax(1) == y).float().mean())
+    assert abs(ours - theirs) <= 0.06, (ours, theirs)
 
 
 def test_restarts_never_lose_what_one_start_finds(mnist: Data) -> None:
@@ -167,3 +176,28 @@ def test_standard_suite_is_autoattacks_chain() -> None:
     assert params == [("apgd", "apgd"), ("apgd-t", "apgd-t"), ("square", "square")]
     apgd, apgd_t, square = (e.attack for e in suite.entries)
     assert (apgd.steps, apgd_t.steps, apgd_t.targets, square.queries) == (100, 100, 9, 5000)  # type: ignore[attr-defined]
+
+
+def test_standard_suite_worst_case_is_at_most_each_component(mnist: Data) -> None:
+    # The issue's cross-check on the bundled robust model: the chain's per-sample worst case is no
+    # higher than any of its attacks run alone on every sample, and no higher than PGD-40's.
+    # To keep the test short, APGD-T aims at 3 classes instead of 9 and Square has 1,000 queries
+    # instead of 5,000; the full suite on 500 images is in the docs
+    # (python benchmarks/autoattack.py --n 500 --only mlsec --components).
+    x, y = mnist[0][:100], mnist[1][:100]
+    robust = mlsec.zoo.load("mnist-cnn-pgd")
+    suite = mlsec.suite.load_suite("standard").with_overrides(
+        eps=[0.3], params={"queries": 1000, "targets": 3}
+    )
+    report = mlsec.audit(robust, (x, y), suite=suite, sanity_checks=False)
+    worst = report.worst_case[0.3]
+    alone = {}
+    for entry in suite.entries:
+        attack = dataclasses.replace(entry.attack, eps=0.3)
+        alone[entry.label] = float((~attack.run(robust, x, y).success).float().mean())
+    pgd = float((~PGD(eps=0.3, steps=40).run(robust, x, y).success).float().mean())
+    assert worst <= min(alone.values()), (worst, alone)
+    assert worst <= pgd, (worst, pgd)
+    # The chain is not vacuous: the later attacks break something APGD-CE left standing.
+    assert worst < alone["apgd"], (worst, alone)
+    assert worst >= 0.7  # a robust model stays robust (AutoAttack on Madry et al.'s: 88.5%)
