@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsec.attacks import Attack, create, get
+from mlsec.attacks.registry import open_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -326,7 +327,7 @@ def _parse(data: dict[str, Any], text: str, source: str) -> Suite:
         known = {f.name for f in dataclasses.fields(cls)} - {"eps"}
         params = {k: v for k, v in table.items() if k not in ("name", "label", "eps")}
         for key in params:
-            if key not in known:
+            if key not in known and not open_params(cls):
                 raise InputError(
                     f"{line_for(key)}attack {name!r} has no parameter {key!r}; "
                     f"its parameters: {', '.join(sorted(known))}"
@@ -342,7 +343,11 @@ def _parse(data: dict[str, Any], text: str, source: str) -> Suite:
             for value in eps:
                 dataclasses.replace(attack, eps=float(value))
         except InputError as error:
-            key = next((k for k in [*params, "eps"] if k in str(error)), "name")
+            keys = [*params, "eps"]
+            # The key the message quotes, else any it mentions (an open attack lists its own).
+            key = next((k for k in keys if repr(k) in str(error)), None) or next(
+                (k for k in keys if k in str(error)), "name"
+            )
             raise InputError(f"{line_for(key)}{error}") from None
         label = table.get("label", cls.name)
         if not isinstance(label, str) or not label:

@@ -17,6 +17,17 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 10, "targets": 3},
     "square": {"queries": 300},
+    # The ART attacks: settings that hold the contract at linf eps 0.3 after projection.
+    "art": {"attack": "ProjectedGradientDescent", "max_iter": 10},
+    # A large overshoot: DeepFool's minimal l2 step, scaled up, survives the linf projection.
+    "art-deepfool": {"max_iter": 3, "epsilon": 1.0},
+    "art-elasticnet": {
+        "max_iter": 2,
+        "binary_search_steps": 1,
+        "initial_const": 100.0,
+        "confidence": 10.0,
+        "learning_rate": 0.1,
+    },
 }
 
 

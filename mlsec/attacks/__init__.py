@@ -2,6 +2,7 @@
 
 from mlsec.attacks.adaptive import BPDA, EOT
 from mlsec.attacks.apgd import APGD, APGDDLR, APGDT
+from mlsec.attacks.art import ARTAttack
 from mlsec.attacks.base import Attack, AttackResult, Perturbation, Problem
 from mlsec.attacks.fgsm import FGSM
 from mlsec.attacks.pgd import PGD
@@ -16,6 +17,7 @@ __all__ = [
     "EOT",
     "FGSM",
     "PGD",
+    "ARTAttack",
     "Attack",
     "AttackResult",
     "Perturbation",

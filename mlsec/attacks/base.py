@@ -138,6 +138,8 @@ class Attack(abc.ABC):
     norms: ClassVar[tuple[Norm, ...]] = ("linf", "l2")
     # Reads only the model's outputs (a black-box check on the gradient attacks).
     gradient_free: ClassVar[bool] = False
+    # Takes parameters beyond its dataclass fields and validates them itself (the ART attacks).
+    open_params: ClassVar[bool] = False
 
     eps: float
     norm: Norm = "linf"
@@ -283,13 +285,23 @@ def examples_for_checked_data(
 def _fit_dtype(x: torch.Tensor, x_adv: torch.Tensor, problem: Problem) -> torch.Tensor:
     """Cast ``x_adv`` to ``x.dtype`` without rounding it out of the eps ball or the bounds.
 
-    Rounding to a coarse dtype (bfloat16) can push a value just past ``x + eps``; such samples
-    are pulled towards ``x`` until they fit, and fall back to ``x`` itself (always admissible).
+    Rounding to a coarse dtype (bfloat16) can push a value just past ``x + eps``. In linf the ball
+    is a box, so only the values that left it are pulled towards ``x`` (the rest of the
+    perturbation is kept); in l2 whole samples are. Falling back to ``x`` itself always fits.
     """
     x64 = x.double()
     delta64 = x_adv.double() - x64
     eps, low, high = float(problem.eps), float(problem.low), float(problem.high)
     out = x_adv.to(x.dtype)
+    if problem.geometry is LINF:
+        floor, ceiling = (x64 - eps).clamp(min=low), (x64 + eps).clamp(max=high)
+        for shrink in (0.999, 0.99, 0.9, 0.0):
+            o64 = out.double()
+            fits = (o64 >= floor) & (o64 <= ceiling)
+            if bool(fits.all()):
+                break
+            out = torch.where(fits, out, (x64 + delta64 * shrink).to(x.dtype))
+        return out
     for shrink in (0.999, 0.99, 0.9, 0.0):
         o64 = out.double()
         fits = (problem.geometry.distance(o64 - x64) <= eps) & (

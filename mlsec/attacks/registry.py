@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from mlsec.attacks.base import Attack
 from mlsec.errors import InputError
 
-__all__ = ["create", "get", "list_attacks", "register_attack"]
+__all__ = ["create", "get", "list_attacks", "open_params", "register_attack"]
 
 _REGISTRY: dict[str, type[Attack]] = {}
 A = TypeVar("A", bound=type[Attack])
@@ -51,6 +51,15 @@ def get(name: str) -> type[Attack]:
         ) from None
 
 
+def open_params(cls: type[Attack]) -> bool:
+    """Whether ``cls`` takes parameters beyond its dataclass fields and validates them itself.
+
+    An attack opts in with the class attribute ``open_params = True`` (the ART attacks do: their
+    extra parameters are the ART attack's own options).
+    """
+    return cls.open_params
+
+
 def create(name: str, **params: Any) -> Attack:
     """Build a registered attack from its name and hyperparameters.
 
@@ -63,7 +72,7 @@ def create(name: str, **params: Any) -> Attack:
     cls = get(name)
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
-    if unknown:
+    if unknown and not open_params(cls):
         raise InputError(
             f"attack {name!r} has no parameter {', '.join(map(repr, unknown))}; "
             f"its parameters: {', '.join(sorted(known))}"
