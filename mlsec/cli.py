@@ -383,8 +383,12 @@ def _list_attacks() -> int:
     table.add_column("parameters")
     for name in attack_registry.list_attacks():
         cls = attack_registry.get(name)
-        params = ", ".join(field.name for field in dataclasses.fields(cls))
-        table.add_row(name, cls.__name__, params)
+        names = [field.name for field in dataclasses.fields(cls)]
+        if cls.open_params:  # the ART attacks: their own options instead of the stored tuple
+            fixed = getattr(cls, "art_class", "")
+            names = [n for n in names if n != "options" and not (fixed and n == "attack")]
+            names.append(f"+ the options of ART's {fixed or 'attack'}")
+        table.add_row(name, cls.__name__, ", ".join(names))
     Console().print(table)
     return 0
 
