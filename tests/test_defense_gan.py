@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from mlsec.defenses.gan_networks import mnist_generator, project
+from mlsec.defenses.gan_networks import load_generator, mnist_generator, project, save_generator
 from mlsec.errors import InputError
 
 
@@ -73,3 +75,19 @@ def test_bad_settings_raise_one_line_errors(
     with pytest.raises(InputError, match=message) as info:
         project(generator, torch.rand(4, 1, 28, 28), **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_generator_round_trip_and_latent_mismatch(
+    generator: torch.nn.Module, tmp_path: Path
+) -> None:
+    path = tmp_path / "generator.safetensors"
+    save_generator(generator, path)
+    again = load_generator(path)
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(project(generator, x, steps=3)[0], project(again, x, steps=3)[0])
+    with pytest.raises(InputError, match=r"latent size 32 does not match .* \(latent 16\)") as info:
+        load_generator(path, latent=32)
+    assert "\n" not in str(info.value)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(InputError, match="cannot read generator weights"):
+        load_generator(tmp_path / "junk.safetensors")

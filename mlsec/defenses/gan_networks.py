@@ -17,12 +17,14 @@ Reference:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from mlsec.errors import InputError
 
-__all__ = ["mnist_critic", "mnist_generator", "project"]
+__all__ = ["load_generator", "mnist_critic", "mnist_generator", "project", "save_generator"]
 
 
 def _check_latent(latent: int) -> None:
@@ -150,3 +152,44 @@ def _latent_size(generator: nn.Module) -> int:
     if first is None:
         raise InputError("the generator has no linear layer to read its latent size from")
     return first.in_features
+
+
+def save_generator(generator: nn.Module, path: str | Path) -> None:
+    """Write ``generator``'s weights to ``path`` as safetensors, its latent size in the metadata."""
+    from mlsec.defenses.training import save_weights
+
+    save_weights(generator, Path(path), metadata={"latent": str(_latent_size(generator))})
+
+
+def load_generator(path: str | Path, *, latent: int | None = None) -> nn.Module:
+    """An eval-mode :func:`mnist_generator` with the weights of ``path`` (safetensors, no pickle).
+
+    ``latent`` defaults to the size the file records; a different one is refused in one line.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("latent")
+        state = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise InputError(f"cannot read generator weights {path}: {error}") from None
+    width = state.get("0.weight")
+    if width is None:
+        raise InputError(f"{path} does not hold mnist_generator weights (no '0.weight')")
+    stored = int(width.shape[1])
+    if recorded is not None and int(recorded) != stored:
+        raise InputError(f"{path}: its metadata says latent {recorded}, its weights {stored}")
+    if latent is not None and latent != stored:
+        raise InputError(
+            f"latent size {latent} does not match the weights in {path} (latent {stored})"
+        )
+    generator = mnist_generator(latent=stored, width=int(state["0.weight"].shape[0]) // 49)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise InputError(f"{path} does not hold mnist_generator weights: {first}") from None
+    return generator.eval()
