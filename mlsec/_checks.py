@@ -11,6 +11,12 @@ from mlsec import _model
 from mlsec.errors import InputError
 
 
+def check_count(name: str, value: object, low: int = 1) -> None:
+    """Raise :class:`InputError` unless ``value`` is an integer (not a bool) of at least ``low``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InputError(f"{name} must be an integer >= {low} (got {value!r})")
+
+
 def check_batch(
     model: nn.Module,
     x: torch.Tensor,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.errors import InputError
 
@@ -115,8 +116,7 @@ class EOT(Attack):
             raise InputError(f"EOT needs an attack instance (got {type(self.attack).__name__})")
         if isinstance(self.attack, EOT):
             raise InputError("EOT of EOT: raise samples instead")
-        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
-            raise InputError(f"samples must be an integer >= 1 (got {self.samples!r})")
+        check_count("samples", self.samples)
         for name in ("eps", "norm", "bounds", "seed"):
             object.__setattr__(self, name, getattr(self.attack, name))
         super().__post_init__()

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.errors import InputError
@@ -113,9 +114,7 @@ class APGD(Attack):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name, low in (("steps", 1), ("restarts", 1), ("targets", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InputError(f"{name} must be an integer >= {low} (got {value!r})")
+            check_count(name, getattr(self, name), low)
         if self.loss not in ("ce", "dlr"):
             raise InputError(f"loss must be 'ce' or 'dlr' (got {self.loss!r})")
         for name in ("rho", "momentum"):

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.errors import InputError
@@ -202,14 +203,8 @@ class PGD(Attack):
         super().__post_init__()
         if self.loss not in ("ce", "kl"):
             raise InputError(f"loss must be 'ce' or 'kl' (got {self.loss!r})")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise InputError(f"steps must be an integer >= 1 (got {self.steps!r})")
-        if (
-            not isinstance(self.restarts, int)
-            or isinstance(self.restarts, bool)
-            or self.restarts < 1
-        ):
-            raise InputError(f"restarts must be an integer >= 1 (got {self.restarts!r})")
+        check_count("steps", self.steps)
+        check_count("restarts", self.restarts)
         if self.step_size is not None and not (
             isinstance(self.step_size, int | float) and self.step_size > 0
         ):

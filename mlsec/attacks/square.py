@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.errors import InputError
@@ -116,16 +117,10 @@ class Square(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.queries, int) or isinstance(self.queries, bool) or self.queries < 1:
-            raise InputError(f"queries must be an integer >= 1 (got {self.queries!r})")
+        check_count("queries", self.queries)
         if not isinstance(self.p_init, int | float) or not 0 < self.p_init <= 1:
             raise InputError(f"p_init must lie in (0, 1] (got {self.p_init!r})")
-        if (
-            not isinstance(self.restarts, int)
-            or isinstance(self.restarts, bool)
-            or self.restarts < 1
-        ):
-            raise InputError(f"restarts must be an integer >= 1 (got {self.restarts!r})")
+        check_count("restarts", self.restarts)
 
     def _perturb(self, problem: Problem) -> Perturbation:
         x = problem.x

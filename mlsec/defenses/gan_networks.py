@@ -22,14 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mlsec._checks import check_count
 from mlsec.errors import InputError
 
 __all__ = ["load_generator", "mnist_critic", "mnist_generator", "project", "save_generator"]
-
-
-def _check_latent(latent: int) -> None:
-    if not isinstance(latent, int) or isinstance(latent, bool) or latent < 1:
-        raise InputError(f"latent must be an integer >= 1 (got {latent!r})")
 
 
 def mnist_generator(latent: int = 32, width: int = 64) -> nn.Module:
@@ -43,7 +39,7 @@ def mnist_generator(latent: int = 32, width: int = 64) -> nn.Module:
         ((2, 1, 28, 28), True, True)
 
     """
-    _check_latent(latent)
+    check_count("latent", latent)
     return nn.Sequential(
         nn.Linear(latent, width * 7 * 7),
         nn.BatchNorm1d(width * 7 * 7),
@@ -107,9 +103,8 @@ def project(
         (True, (3, 8))
 
     """
-    for name, value in (("steps", steps), ("restarts", restarts)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(f"{name} must be an integer >= 1 (got {value!r})")
+    check_count("steps", steps)
+    check_count("restarts", restarts)
     if not lr > 0:
         raise InputError(f"lr must be > 0 (got {lr!r})")
     latent = _latent_size(generator)
