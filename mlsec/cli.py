@@ -1,4 +1,4 @@
-"""The ``mlsec`` command line: ``mlsec audit``, ``mlsec train`` and ``mlsec attacks``.
+"""The ``mlsec`` command line: ``audit``, ``train``, ``defend`` and ``attacks``.
 
 Exit codes: 0 success, 1 a robustness threshold failed (or, with ``--strict``, a sanity check
 warned), 2 bad usage or input, 3 internal error.
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlsec import _train_cli
+from mlsec import _defend_cli, _train_cli
 from mlsec import attacks as attack_registry
 from mlsec._cli_common import (
     Parser,
@@ -104,6 +104,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     what.add_argument("--limit", type=positive_int, default=None, help="audit the first N samples")
 
+    guard = run.add_argument_group("defended model (GAN purifiers)")
+    guard.add_argument(
+        "--defense",
+        default=None,
+        metavar="NAME|PATH",
+        help="audit --model (default mnist-cnn) behind a purifier: a bundled defense ("
+        "mnist-defense-gan, mnist-ape-gan) or a file saved by mlsec defend train; reports "
+        "non-adaptive and adaptive (BPDA + EOT) attacks side by side",
+    )
+    guard.add_argument(
+        "--eot",
+        type=positive_int,
+        default=4,
+        help="draws of a randomised purifier's randomness per adaptive step (default 4)",
+    )
+    guard.add_argument(
+        "--purify-steps", type=positive_int, default=None, help="override Defense-GAN's L"
+    )
+    guard.add_argument(
+        "--purify-restarts", type=positive_int, default=None, help="override Defense-GAN's R"
+    )
+
     how = run.add_argument_group("attacks")
     how.add_argument(
         "--suite",
@@ -173,6 +195,7 @@ def _build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     _train_cli.add_parser(sub)
+    _defend_cli.add_parser(sub)
     sub.add_parser("attacks", help="list the registered attacks")
     return parser
 
@@ -273,6 +296,11 @@ def _comparison(reports: list[AuditReport]) -> Table:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.defense is not None:
+        return _defend_cli.audit_defense(args)
+    for option in ("purify_steps", "purify_restarts"):
+        if getattr(args, option) is not None:
+            raise InputError(f"--{option.replace('_', '-')} needs --defense")
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
     paths = _report_paths(args)
     for kind, path in paths.items():
@@ -401,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(args)
         if args.command == "train":
             return _train_cli.run(args)
+        if args.command == "defend":
+            return _defend_cli.run(args)
         return _list_attacks()
     except InputError as error:
         print(f"mlsec: {error}", file=sys.stderr)

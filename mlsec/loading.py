@@ -197,6 +197,11 @@ def load_model(
     elif _looks_like_path(spec, MODEL_SUFFIXES):
         raise InputError(f"--model: no such file: {_quote(spec)}")
     else:
+        if spec in zoo.list_defenses():
+            raise InputError(
+                f"--model: {spec!r} is a bundled defense, not a model; audit a model behind it "
+                f"with --defense {spec}"
+            )
         try:
             model = zoo.load(spec)
         except InputError as error:

@@ -1,6 +1,11 @@
-"""Defenses behind the Defense interface: adversarial training (PGD-AT, Fast-AT, TRADES)."""
+"""Defenses behind the Defense interface: GAN purifiers and adversarial training.
 
-from mlsec.defenses.base import Defense
+Purifiers: Defense-GAN, APE-GAN. Adversarial training: PGD-AT, Fast-AT, TRADES.
+"""
+
+from mlsec.defenses.ape_gan import APEGAN
+from mlsec.defenses.base import Defense, PurifiedModel, Purifier, load_defense
+from mlsec.defenses.defense_gan import DefenseGAN
 from mlsec.defenses.training import (
     TRADES,
     AdversarialTraining,
@@ -14,16 +19,25 @@ from mlsec.defenses.training import (
     parse_schedule,
 )
 
+# The purifiers by name: ``mlsec defend train NAME`` and saved files' records.
+PURIFIERS: dict[str, type[Purifier]] = {"defense-gan": DefenseGAN, "ape-gan": APEGAN}
+
 __all__ = [
+    "APEGAN",
+    "PURIFIERS",
     "TRADES",
     "AdversarialTraining",
     "CatastrophicOverfittingWarning",
     "Defense",
+    "DefenseGAN",
     "FastAdversarialTraining",
     "PGDAdversarialTraining",
+    "PurifiedModel",
+    "Purifier",
     "StandardTraining",
     "TrainConfig",
     "TrainingResult",
     "detect_collapse",
+    "load_defense",
     "parse_schedule",
 ]

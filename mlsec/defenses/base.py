@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
+from mlsec._files import write_atomic
 from mlsec.errors import InputError
 
-__all__ = ["Defense"]
+__all__ = ["Defense", "PurifiedModel", "Purifier", "load_defense"]
+
+# Where a saved purifier records what it is: the safetensors metadata key and the format version.
+_META_KEY = "mlsec.defense"
+_FORMAT = 1
 
 
 class Defense(abc.ABC):
@@ -45,3 +53,136 @@ class Defense(abc.ABC):
         if dataclasses.is_dataclass(self):
             return dataclasses.asdict(self)
         return {}
+
+
+class Purifier(Defense):
+    """A defense that maps inputs back towards clean data before the classifier sees them.
+
+    Subclasses are dataclasses whose plain fields are hyperparameters and whose networks are
+    listed by :meth:`networks`. They declare how an adaptive attack gets a gradient through
+    :meth:`purify`: ``differentiable = True`` when autograd gives the exact gradient (one forward
+    pass of a network, APE-GAN), otherwise the backward pass of :meth:`surrogate`, the identity by
+    default (BPDA, for an optimisation such as Defense-GAN's projection).
+    """
+
+    differentiable: ClassVar[bool] = False
+    # True where purify draws randomness (fresh per call of the wrapped model): attack with EOT.
+    randomized: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The fitted networks by name; :class:`InputError` if the defense is not fitted."""
+
+    @abc.abstractmethod
+    def purify(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """Purified inputs, shaped like ``x``; ``seed`` overrides the defense's own seed."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_tensors(
+        cls, params: dict[str, Any], tensors: dict[str, torch.Tensor], *, source: str
+    ) -> Purifier:
+        """A fitted purifier from saved hyperparameters and networks' tensors (``NET.KEY``)."""
+
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The differentiable stand-in whose gradient BPDA uses for :meth:`purify` (identity)."""
+        return x
+
+    @property
+    def surrogate_name(self) -> str:
+        """How :meth:`surrogate` stands in for the purifier, for reports."""
+        return "identity surrogate"
+
+    def wrap(self, model: nn.Module) -> PurifiedModel:
+        """``model`` behind the purifier: a plain ``nn.Module`` for attacks and the audit."""
+        if not isinstance(model, nn.Module):
+            raise InputError(f"wrap needs a torch.nn.Module (got {type(model).__name__})")
+        return PurifiedModel(self, model)
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters: every dataclass field that is not a network."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+            if not f.metadata.get("network")
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the networks to one safetensors file, with the hyperparameters as JSON metadata."""
+        from mlsec.defenses._gan_run import module_tensors
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name, network in self.networks().items():
+            tensors.update(module_tensors(name, network))
+        record = {"defense": self.name, "format": _FORMAT, "params": self.params()}
+        write_atomic(Path(path), save(tensors, metadata={_META_KEY: json.dumps(record)}))
+
+
+def network_field() -> Any:
+    """A dataclass field for a network: not a hyperparameter, not in ``repr`` or ``==``."""
+    return dataclasses.field(default=None, repr=False, compare=False, metadata={"network": True})
+
+
+def load_defense(path: str | Path) -> Purifier:
+    """A purifier saved by :meth:`Purifier.save`, fitted and ready (safetensors: no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from mlsec.defenses import PURIFIERS
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no defense file at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(_META_KEY)
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise InputError(f"cannot read defense file {path}: {error}") from None
+    if raw is None:
+        raise InputError(f"{path} is not a saved mlsec defense (no {_META_KEY!r} metadata)")
+    try:
+        record = json.loads(raw)
+        name, params = record["defense"], dict(record["params"])
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: its {_META_KEY!r} metadata is not valid JSON") from None
+    if record.get("format") != _FORMAT:
+        raise InputError(f"{path}: defense file format {record.get('format')!r}, not {_FORMAT}")
+    if name not in PURIFIERS:
+        raise InputError(f"{path}: unknown defense {name!r}; known: {', '.join(sorted(PURIFIERS))}")
+    try:
+        return PURIFIERS[name].from_tensors(params, tensors, source=str(path))
+    except TypeError as error:
+        raise InputError(f"{path}: hyperparameters do not fit {name}: {error}") from None
+
+
+class PurifiedModel(nn.Module):
+    """A classifier behind a purifier: ``model(purify(x))``, a plain ``nn.Module``.
+
+    Every forward pass of a randomised purifier (Defense-GAN's random starts) draws fresh
+    randomness, from a seed that counts the calls: a run is reproducible, yet the defense behaves
+    as deployed and Expectation over Transformation has something to average. The backward pass is
+    exact for a differentiable purifier, else BPDA with the purifier's :meth:`Purifier.surrogate`.
+    """
+
+    def __init__(self, defense: Purifier, model: nn.Module) -> None:
+        super().__init__()
+        self.classifier = model
+        self.purifier = nn.ModuleDict(defense.networks())
+        self.defense = defense
+        self.calls = 0
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        """The purified input of this call (fresh randomness), with the declared gradient."""
+        seed = getattr(self.defense, "seed", 0) + self.calls
+        self.calls += 1
+        if self.defense.differentiable:
+            return self.defense.purify(x, seed=seed)
+        with torch.no_grad():
+            exact = self.defense.purify(x, seed=seed)
+        smooth = self.defense.surrogate(x)
+        return smooth + (exact - smooth).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits on the purified input."""
+        return self.classifier(self.purify(x))

@@ -2,6 +2,7 @@
 
 - :func:`mnist_generator`: latent ``z`` -> image in ``[0, 1]`` (DCGAN-style, two transposed
   convolutions; batch norm in the generator only).
+- :func:`mnist_encoder`: image -> latent, to start the projection near its end (inverse GAN).
 - :func:`mnist_critic`: image -> one unbounded score (a WGAN-GP critic: no batch norm, whose
   per-sample statistics would break the gradient penalty).
 
@@ -25,7 +26,14 @@ from torch import nn
 from mlsec._checks import check_count
 from mlsec.errors import InputError
 
-__all__ = ["load_generator", "mnist_critic", "mnist_generator", "project", "save_generator"]
+__all__ = [
+    "load_generator",
+    "mnist_critic",
+    "mnist_encoder",
+    "mnist_generator",
+    "project",
+    "save_generator",
+]
 
 
 def mnist_generator(latent: int = 32, width: int = 64) -> nn.Module:
@@ -50,6 +58,26 @@ def mnist_generator(latent: int = 32, width: int = 64) -> nn.Module:
         nn.ReLU(),
         nn.ConvTranspose2d(width // 2, 1, 4, stride=2, padding=1),  # 28 x 28
         nn.Sigmoid(),
+    )
+
+
+def mnist_encoder(latent: int = 32, width: int = 64) -> nn.Module:
+    """An encoder from ``[B, 1, 28, 28]`` images to latents ``[B, latent]`` (the inverse GAN's).
+
+    Example:
+        >>> import torch
+        >>> tuple(mnist_encoder(latent=8)(torch.zeros(2, 1, 28, 28)).shape)
+        (2, 8)
+
+    """
+    check_count("latent", latent)
+    return nn.Sequential(
+        nn.Conv2d(1, width // 2, 4, stride=2, padding=1),  # 14 x 14
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(width // 2, width, 4, stride=2, padding=1),  # 7 x 7
+        nn.LeakyReLU(0.2),
+        nn.Flatten(),
+        nn.Linear(width * 7 * 7, latent),
     )
 
 

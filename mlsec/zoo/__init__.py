@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from safetensors.torch import load as load_safetensors
 from torch import nn
@@ -16,7 +17,7 @@ from torch import nn
 from mlsec.errors import InputError
 from mlsec.zoo import architectures
 
-__all__ = ["ZooEntry", "architecture", "list_models", "load"]
+__all__ = ["ZooEntry", "architecture", "list_defenses", "list_models", "load", "load_defense"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +60,46 @@ _ENTRIES = {
 }
 
 
+# Bundled purifiers (fitted defenses, not classifiers): name -> (weights file, training script).
+_DEFENSES = {
+    "mnist-defense-gan": (
+        "mnist_defense_gan.safetensors",
+        "scripts/train_defense_gan.py",
+        "Defense-GAN: WGAN-GP generator (latent 32) and encoder, MNIST test images 0-7999",
+    ),
+    "mnist-ape-gan": (
+        "mnist_ape_gan.safetensors",
+        "scripts/train_ape_gan.py",
+        "APE-GAN: purifier trained on FGSM (eps 0.3) examples against mnist-cnn, images 0-7999",
+    ),
+}
+
+
+def list_defenses() -> list[str]:
+    """Names of the bundled defenses, sorted."""
+    return sorted(_DEFENSES)
+
+
+def load_defense(name: str) -> Any:
+    """A bundled, fitted purifier (:class:`mlsec.defenses.Purifier`) by name.
+
+    Example:
+        >>> load_defense("mnist-ape-gan").name
+        'ape-gan'
+
+    """
+    from mlsec.defenses.base import load_defense as load_file
+
+    if name not in _DEFENSES:
+        raise InputError(
+            f"unknown defense {name!r}; bundled defenses: {', '.join(list_defenses())}"
+        )
+    with resources.as_file(
+        resources.files("mlsec.zoo").joinpath(f"weights/{_DEFENSES[name][0]}")
+    ) as path:
+        return load_file(path)
+
+
 def list_models() -> list[str]:
     """Names of the bundled models, sorted."""
     return sorted(_ENTRIES)
@@ -68,8 +109,9 @@ def _entry(name: str) -> ZooEntry:
     try:
         return _ENTRIES[name]
     except KeyError:
+        also = f" (bundled defenses: {', '.join(list_defenses())})" if name in _DEFENSES else ""
         raise InputError(
-            f"unknown model {name!r}; bundled models: {', '.join(list_models())}"
+            f"unknown model {name!r}; bundled models: {', '.join(list_models())}{also}"
         ) from None
 
 
@@ -85,11 +127,12 @@ def architecture(name: str) -> str:
     return f"{build.__module__}:{build.__name__}"
 
 
-def load(name: str) -> nn.Module:
-    """Return a bundled model in eval mode on the CPU.
+def load(name: str) -> Any:
+    """Return a bundled model in eval mode on the CPU, or a bundled fitted defense.
 
     Args:
-        name: one of :func:`list_models`.
+        name: one of :func:`list_models` (an ``nn.Module``) or :func:`list_defenses` (a
+            :class:`mlsec.defenses.Purifier`, as :func:`load_defense` returns).
 
     Example:
         >>> model = load("mnist-cnn")
@@ -97,6 +140,8 @@ def load(name: str) -> nn.Module:
         False
 
     """
+    if name in _DEFENSES:
+        return load_defense(name)
     entry = _entry(name)
     model = entry.build()
     blob = resources.files("mlsec.zoo").joinpath(f"weights/{entry.weights}").read_bytes()

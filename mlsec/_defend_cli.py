@@ -1,0 +1,261 @@
+"""``mlsec defend train`` and ``mlsec audit --defense``: GAN purifiers from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from mlsec import zoo
+from mlsec._cli_common import check_writable, device_from, positive_int
+from mlsec._files import write_atomic
+from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, Purifier, load_defense
+from mlsec.defenses.evaluate import evaluate_defense
+from mlsec.errors import InputError
+from mlsec.loading import PICKLE_WARNING, load_data, load_model
+
+__all__ = ["add_parser", "audit_defense", "resolve_defense", "run"]
+
+# Options that belong to one purifier only.
+_OWN_OPTIONS = {
+    "gan_steps": "defense-gan",
+    "encoder_steps": "defense-gan",
+    "latent": "defense-gan",
+    "steps": "defense-gan",
+    "restarts": "defense-gan",
+    "epochs": "ape-gan",
+    "eps": "ape-gan",
+    "model": "ape-gan",
+}
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``defend`` subcommand to the ``mlsec`` parser."""
+    defend = sub.add_parser(
+        "defend",
+        help="train a GAN purifier (Defense-GAN, APE-GAN)",
+        description="Train a GAN purifier; audit a model behind it with mlsec audit --defense.",
+    )
+    verbs = defend.add_subparsers(dest="verb", required=True, parser_class=type(defend))
+    train = verbs.add_parser(
+        "train",
+        help="train a purifier on clean data",
+        description="Train a purifier. The run folder gets a checkpoint, log.jsonl and a PNG grid "
+        "of samples at every checkpoint (to see a GAN converge or collapse); --resume continues "
+        "it. The fitted defense is written to RUN/defense.safetensors (or --out). Exit codes: 0 "
+        "ok, 2 bad usage or input, 3 internal error.",
+    )
+    train.add_argument("defense", choices=sorted(PURIFIERS), help="which purifier")
+    train.add_argument(
+        "--data",
+        required=True,
+        help="clean training images: mnist-sample, an .npz with x and y, an image folder, or "
+        "module:function",
+    )
+    train.add_argument("--run", type=Path, required=True, metavar="DIR", help="the run's folder")
+    train.add_argument("--out", type=Path, default=None, help="defense file (RUN/defense...)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run")
+    train.add_argument("--limit", type=positive_int, default=None, help="train on the first N")
+    train.add_argument("--batch-size", type=positive_int, default=64)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    gan = train.add_argument_group("defense-gan")
+    gan.add_argument("--gan-steps", type=positive_int, default=None, help="generator steps (10000)")
+    gan.add_argument(
+        "--encoder-steps",
+        type=int,
+        default=None,
+        help="encoder steps (2000; 0: none)",
+    )
+    gan.add_argument("--latent", type=positive_int, default=None, help="latent size (32)")
+    gan.add_argument("--steps", type=positive_int, default=None, help="projection steps L (200)")
+    gan.add_argument("--restarts", type=positive_int, default=None, help="random starts R (10)")
+    ape = train.add_argument_group("ape-gan")
+    ape.add_argument("--epochs", type=positive_int, default=None, help="epochs (10)")
+    ape.add_argument("--eps", type=float, default=None, help="FGSM budget it trains on (0.3)")
+    ape.add_argument(
+        "--model",
+        default=None,
+        help="the classifier whose FGSM examples it learns to undo: a bundled name, a model "
+        "file or module:function (default mnist-cnn)",
+    )
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _OWN_OPTIONS if getattr(args, k) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mlsec defend``; returns the exit code."""
+    wrong = [k for k in _given(args) if _OWN_OPTIONS[k] != args.defense]
+    if wrong:
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong)
+        raise InputError(f"{flags}: not an option of {args.defense}")
+    out = args.out or args.run / "defense.safetensors"
+    if out.exists() and out.is_dir():
+        raise InputError(f"--out: {out} is a folder; give a file path")
+    if args.out is not None:
+        check_writable("--out", out)
+    device = device_from(args.device)
+    (x, y), _, notes = load_data(args.data)
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    err = Console(stderr=True)
+    for note in notes:
+        err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    progress = not args.no_progress
+    defense: Purifier
+    if args.defense == "defense-gan":
+        gan = DefenseGAN(
+            latent=args.latent or 32,
+            steps=args.steps or 200,
+            restarts=args.restarts or 10,
+            seed=args.seed,
+        )
+        defense = gan.fit(
+            (x, y),
+            gan_steps=args.gan_steps or 10000,
+            encoder_steps=2000 if args.encoder_steps is None else args.encoder_steps,
+            batch_size=args.batch_size,
+            folder=str(args.run),
+            resume=args.resume,
+            device=device,
+            progress=progress,
+            console=err,
+        )
+    else:
+        model, _, model_notes = load_model(args.model or "mnist-cnn")
+        for note in model_notes:
+            if note == PICKLE_WARNING:
+                err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
+        ape = APEGAN(eps=0.3 if args.eps is None else args.eps, seed=args.seed)
+        defense = ape.fit(
+            (x, y),
+            model=model,
+            epochs=args.epochs or 10,
+            batch_size=args.batch_size,
+            folder=str(args.run),
+            resume=args.resume,
+            device=device,
+            progress=progress,
+            console=err,
+        )
+    defense.save(out)
+    Console().print(
+        f"{args.defense} fitted on {len(y)} images; saved to {out}. Audit a model behind it: "
+        f"mlsec audit --defense {out}",
+        highlight=False,
+        markup=False,
+    )
+    return 0
+
+
+def resolve_defense(spec: str) -> tuple[Purifier, str]:
+    """A bundled defense by name or a saved defense file; returns it and its label."""
+    if spec in zoo.list_defenses():
+        return zoo.load_defense(spec), spec
+    path = Path(spec)
+    if path.is_file():
+        return load_defense(path), path.name
+    raise InputError(
+        f"--defense: {spec!r} is neither a bundled defense ({', '.join(zoo.list_defenses())}) "
+        "nor a saved defense file"
+    )
+
+
+# Audit options that --defense does not combine with, and why.
+_NOT_WITH_DEFENSE = {
+    "suite": "name attacks with --attacks",
+    "checkpoint": "a defense audit is not resumable",
+    "fail_under": "gate on the JSON report",
+    "max_drop": "gate on the JSON report",
+    "markdown": "use --json",
+    "html": "use --json",
+    "junit": "use --json",
+    "out": "use --json",
+    "normalize": "normalize inside the model",
+    "norm": "defense audits are linf",
+    "restarts": "not used by the defense audit",
+}
+
+
+def audit_defense(args: argparse.Namespace) -> int:
+    """``mlsec audit --defense``: non-adaptive and adaptive attacks side by side."""
+    for option, why in _NOT_WITH_DEFENSE.items():
+        if getattr(args, option) not in (None, [], False):
+            raise InputError(f"--{option.replace('_', '-')} does not combine with --defense: {why}")
+    if args.json is not None:
+        check_writable("--json", args.json)
+    defense, label = resolve_defense(args.defense)
+    overrides = {"steps": args.purify_steps, "restarts": args.purify_restarts}
+    for key, value in overrides.items():
+        if value is not None:
+            if not hasattr(defense, key):
+                raise InputError(f"--purify-{key}: {defense.name} has no {key}")
+            setattr(defense, key, value)
+    device = device_from(args.device)
+    model, model_name, model_notes = load_model(
+        args.model or "mnist-cnn", arch=args.arch, trust_pickle=args.trust_pickle
+    )
+    (x, y), data_name, data_notes = load_data(args.data)
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    err = Console(stderr=True, no_color=args.no_color)
+    for note in [*model_notes, *data_notes]:
+        if note == PICKLE_WARNING:
+            err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
+        elif not args.quiet:
+            err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    if args.bounds is not None and tuple(args.bounds) != (0.0, 1.0):
+        raise InputError("--bounds: the GAN purifiers work on images in [0, 1]")
+    attacks = ["fgsm", "pgd", "apgd"]
+    if args.attacks is not None:
+        attacks = [a.strip().lower() for a in args.attacks.split(",") if a.strip()]
+        if not attacks:
+            raise InputError("--attacks: give at least one attack")
+    for net in defense.networks().values():
+        net.to(device)
+    report = evaluate_defense(
+        defense,
+        model.to(device),
+        (x.to(device), y.to(device)),
+        eps=args.eps or [0.3],
+        attacks=attacks,
+        adaptive=[a for a in attacks if a != "fgsm"],
+        steps=args.steps or 20,
+        eot=args.eot,
+        seed=0 if args.seed is None else args.seed,
+        batch_size=args.batch_size,
+        progress=not (args.quiet or args.no_progress),
+        console=err,
+        model_name=model_name,
+        data_name=data_name,
+    )
+    report.defense = label
+    console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
+    if args.quiet:
+        for e, acc in report.worst_non_adaptive.items():
+            ada = report.worst_adaptive.get(e)
+            console.print(
+                f"{model_name} behind {label} on {data_name}: clean "
+                f"{report.clean_defended:.1%}; eps {e:g}: non-adaptive {acc:.1%}, adaptive "
+                + ("—" if ada is None else f"{ada:.1%}"),
+                highlight=False,
+                markup=False,
+            )
+    else:
+        console.print(report.table())
+    for flag in report.flags:
+        console.print(f"[bold yellow]warning:[/] {escape(flag)}", highlight=False)
+    if args.json is not None:
+        write_atomic(args.json, report.to_json() + "\n")
+        if not args.quiet:
+            console.print(f"report: {args.json}", highlight=False, markup=False)
+    if args.strict and report.flags:
+        console.print("--strict: the defense audit warned; exit 1", highlight=False)
+        return 1
+    return 0
