@@ -247,6 +247,7 @@ def test_save_load_round_trip_gives_identical_purification(tmp_path: Path) -> No
         defense.save(path)
         loaded = load_defense(path)
         assert type(loaded) is type(defense)
+        assert type(type(defense).load(path)) is type(defense)
         assert loaded.params() == defense.params()
         assert torch.equal(loaded.purify(x), defense.purify(x))
         assert torch.equal(loaded.purify(x, seed=3), defense.purify(x, seed=3))
@@ -321,6 +322,10 @@ def test_unfitted_and_misused_purifiers_say_what_to_do(tmp_path: Path) -> None:
         APEGAN(recon_weight=0, adv_weight=0)
     plain = tmp_path / "plain.safetensors"
     mlsec.defenses.training.save_weights(mnist_generator(8), plain)
+    ape = tmp_path / "ape.safetensors"
+    APEGAN(width=8, generator=ape_generator(8)).save(ape)
+    with pytest.raises(InputError, match="holds a saved ape-gan, not a DefenseGAN"):
+        DefenseGAN.load(ape)
     with pytest.raises(InputError, match="not a saved mlsec defense"):
         load_defense(plain)
     broken = tmp_path / "broken.safetensors"

@@ -78,6 +78,14 @@ class Purifier(Defense):
         """Purified inputs, shaped like ``x``; ``seed`` overrides the defense's own seed."""
 
     @classmethod
+    def load(cls, path: str | Path) -> Purifier:
+        """A purifier saved by :meth:`save`; on a subclass, the file must hold that subclass."""
+        defense = load_defense(path)
+        if not isinstance(defense, cls):
+            raise InputError(f"{path} holds a saved {defense.name}, not a {cls.__name__}")
+        return defense
+
+    @classmethod
     @abc.abstractmethod
     def from_tensors(
         cls, params: dict[str, Any], tensors: dict[str, torch.Tensor], *, source: str
