@@ -10,8 +10,9 @@ Usage (from the repository root, with mlsec installed)::
 (2,000 steps) for the inverse-GAN start. Every 200 generator steps the run folder (``--run``) gets
 a checkpoint, a ``log.jsonl`` line and ``samples-STEP.png``; ``--resume`` continues the run, and
 a resumed run is the same as an uninterrupted one. The saved defense purifies with the
-projection settings below (``--steps``, ``--restarts``). The end prints clean and FGSM accuracy
-of ``mnist-cnn`` behind the purifier on 500 held-out images.
+projection settings below: the encoder's start plus one random start, 10 Adam steps each
+(``--init``, ``--steps``, ``--restarts``; docs/defense-gan.md explains the choice). The end prints
+clean and FGSM accuracy of ``mnist-cnn`` behind the purifier on 500 held-out images.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "out" / "defense-gan")
     parser.add_argument("--gan-steps", type=int, default=12000)
     parser.add_argument("--encoder-steps", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=50, help="projection steps L of the defense")
-    parser.add_argument("--restarts", type=int, default=4, help="random starts R of the defense")
+    parser.add_argument("--steps", type=int, default=10, help="projection steps L of the defense")
+    parser.add_argument("--restarts", type=int, default=2, help="starts R of the defense")
+    parser.add_argument("--init", default="encoder", help="the first start: encoder or random")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -47,7 +49,7 @@ def main() -> None:
     images, labels = load_mnist_test(args.mnist_dir)
     x = torch.from_numpy(images[:8000].astype("float32") / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels[:8000].astype("int64"))
-    defense = DefenseGAN(steps=args.steps, restarts=args.restarts, seed=0).fit(
+    defense = DefenseGAN(steps=args.steps, restarts=args.restarts, init=args.init, seed=0).fit(
         (x, y),
         gan_steps=args.gan_steps,
         encoder_steps=args.encoder_steps,

@@ -96,7 +96,8 @@ class DefenseReport:
             ("adaptive", "right"),
         ):
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
-        table.add_row("clean", "", _pct(self.clean_undefended), _pct(self.clean_defended), "")
+        defended = _pct(self.clean_defended)
+        table.add_row("clean", "", _pct(self.clean_undefended), defended, defended)
         table.add_section()
         for row in self.rows:
             adaptive = "—" if row.adaptive is None else f"[bold]{_pct(row.adaptive)}"
