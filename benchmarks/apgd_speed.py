@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_speed import device_name, synchronize
+from attack_speed import device_name, median_seconds, synchronize
 
 import mlsec
 from mlsec.attacks import APGD
@@ -121,14 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - start
 
     names = list(runners)
-    for name in names:
-        once(name)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(args.repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(once(name))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians, times = median_seconds(once, names, args.repeats)
 
     table = Table(
         title=f"APGD-CE, {STEPS} iterations, mnist-cnn-pgd, batch {args.batch}, eps {EPS}, "

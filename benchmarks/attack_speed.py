@@ -272,6 +272,24 @@ def torchattacks_runner(setup: Setup, steps: int) -> Runner | None:
 # --------------------------------------------------------------------------- timing
 
 
+def median_seconds(
+    once: Callable[[str], float], names: list[str], repeats: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Medians and all of ``repeats`` timings per runner (``once(name)`` -> seconds).
+
+    Each runner is warmed up once; the timed runs are interleaved round-robin, the order rotated
+    each round, so that drift in the machine's speed falls on every runner alike.
+    """
+    for name in names:
+        once(name)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(once(name))
+    return {name: statistics.median(t) for name, t in times.items()}, times
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_speed import device_name, synchronize
+from attack_speed import device_name, median_seconds, synchronize
 
 import mlsec
 from mlsec.attacks import FGSM
@@ -41,7 +40,9 @@ from mlsec.defenses import DefenseGAN
 from mlsec.defenses.gan_networks import project
 
 
-def timed(runners: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict:
+def timed(
+    runners: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, float]:
     def once(name: str) -> float:
         synchronize(device)
         start = time.perf_counter()
@@ -49,15 +50,7 @@ def timed(runners: dict[str, Callable[[], object]], repeats: int, device: torch.
         synchronize(device)
         return time.perf_counter() - start
 
-    names = list(runners)
-    for name in names:
-        once(name)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            times[name].append(once(name))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return median_seconds(once, list(runners), repeats)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

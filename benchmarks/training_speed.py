@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from rich.table import Table
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_speed import device_name, synchronize
+from attack_speed import device_name, median_seconds, synchronize
 
 import mlsec
 from mlsec.defenses import PGDAdversarialTraining, TrainConfig
@@ -123,15 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         synchronize(device)
         return time.perf_counter() - start
 
-    for name in runners:
-        once(name)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
-    for round_ in range(args.repeats):
-        order = names[round_ % len(names) :] + names[: round_ % len(names)]
-        for name in order:
-            times[name].append(once(name))
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    medians, times = median_seconds(once, names, args.repeats)
     ratio = medians["mlsec"] / medians["handwritten"]
 
     table = Table(

@@ -107,7 +107,14 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     for note in notes:
         err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
-    progress = not args.no_progress
+    common: dict[str, Any] = {
+        "batch_size": args.batch_size,
+        "folder": str(args.run),
+        "resume": args.resume,
+        "device": device,
+        "progress": not args.no_progress,
+        "console": err,
+    }
     defense: Purifier
     if args.defense == "defense-gan":
         gan = DefenseGAN(
@@ -120,12 +127,7 @@ def run(args: argparse.Namespace) -> int:
             (x, y),
             gan_steps=args.gan_steps or 10000,
             encoder_steps=2000 if args.encoder_steps is None else args.encoder_steps,
-            batch_size=args.batch_size,
-            folder=str(args.run),
-            resume=args.resume,
-            device=device,
-            progress=progress,
-            console=err,
+            **common,
         )
     else:
         model, _, model_notes = load_model(args.model or "mnist-cnn")
@@ -133,17 +135,7 @@ def run(args: argparse.Namespace) -> int:
             if note == PICKLE_WARNING:
                 err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
         ape = APEGAN(eps=0.3 if args.eps is None else args.eps, seed=args.seed)
-        defense = ape.fit(
-            (x, y),
-            model=model,
-            epochs=args.epochs or 10,
-            batch_size=args.batch_size,
-            folder=str(args.run),
-            resume=args.resume,
-            device=device,
-            progress=progress,
-            console=err,
-        )
+        defense = ape.fit((x, y), model=model, epochs=args.epochs or 10, **common)
     defense.save(out)
     Console().print(
         f"{args.defense} fitted on {len(y)} images; saved to {out}. Audit a model behind it: "

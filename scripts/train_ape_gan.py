@@ -17,12 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from mnist_source import DEFAULT_DIR, load_mnist_test
+from mnist_source import DEFAULT_DIR, check_purifier, training_split
 
 from mlsec import zoo
-from mlsec.attacks import FGSM
-from mlsec.datasets import mnist_sample
 from mlsec.defenses import APEGAN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +36,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
-    images, labels = load_mnist_test(args.mnist_dir)
-    x = torch.from_numpy(images[:8000].astype("float32") / 255.0).unsqueeze(1)
-    y = torch.from_numpy(labels[:8000].astype("int64"))
-    model = zoo.load("mnist-cnn")
+    x, y = training_split(args.mnist_dir)
     defense = APEGAN(seed=0).fit(
         (x, y),
-        model=model,
+        model=zoo.load("mnist-cnn"),
         epochs=args.epochs,
         folder=str(args.run),
         resume=args.resume,
@@ -53,14 +47,7 @@ def main() -> None:
         progress=True,
     )
     defense.save(args.out)
-    held_x, held_y = mnist_sample()
-    held_x, held_y = held_x[:500], held_y[:500]
-    defended = defense.wrap(model.cpu()).eval()
-    with torch.no_grad():
-        clean = float((defended(held_x).argmax(1) == held_y).float().mean())
-        x_adv = FGSM(eps=0.3)(model, held_x, held_y)
-        fgsm = float((defended(x_adv).argmax(1) == held_y).float().mean())
-    print(f"{args.out}: held-out 500, clean {clean:.1%}, FGSM eps 0.3 (non-adaptive) {fgsm:.1%}")
+    check_purifier(defense, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from mnist_source import DEFAULT_DIR, load_mnist_test
+from mnist_source import DEFAULT_DIR, training_split
 from safetensors.torch import save_file
 from torch import nn
 
@@ -67,9 +67,7 @@ def main() -> None:
     build, epochs, lr, shift = RECIPES[args.arch]
     epochs = args.epochs or epochs
 
-    images, labels = load_mnist_test(args.mnist_dir)
-    x_train = torch.from_numpy(images[:8000].astype("float32") / 255.0).unsqueeze(1)
-    y_train = torch.from_numpy(labels[:8000].astype("int64"))
+    x_train, y_train = training_split(args.mnist_dir)
     x_test, y_test = mnist_sample()
 
     model = build()

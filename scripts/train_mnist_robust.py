@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from mnist_source import DEFAULT_DIR, load_mnist_test
+from mnist_source import DEFAULT_DIR, training_split
 
 from mlsec.attacks import PGD
 from mlsec.datasets import mnist_sample
@@ -71,9 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.use_deterministic_algorithms(True, warn_only=True)
-    images, labels = load_mnist_test(args.mnist_dir)
-    x_train = torch.from_numpy(images[:8000].astype("float32") / 255.0).unsqueeze(1)
-    y_train = torch.from_numpy(labels[:8000].astype("int64"))
+    x_train, y_train = training_split(args.mnist_dir)
     x_test, y_test = mnist_sample()
 
     torch.manual_seed(args.seed)

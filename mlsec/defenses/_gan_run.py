@@ -26,9 +26,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from mlsec._files import write_atomic
+from mlsec.defenses.training import CHECKPOINT, check_folder
 from mlsec.errors import InputError
-
-CHECKPOINT = "checkpoint.safetensors"
 
 
 def image_grid(images: torch.Tensor, columns: int = 8) -> Image.Image:
@@ -84,16 +83,7 @@ class RunFolder:
             if resume:
                 raise InputError("resume needs the run folder to resume from")
             return
-        if self.folder.exists() and not self.folder.is_dir():
-            raise InputError(f"{self.folder} exists and is not a folder")
-        checkpoint = self.folder / CHECKPOINT
-        if resume and not checkpoint.exists():
-            raise InputError(f"--resume: {self.folder} holds no {CHECKPOINT} to resume from")
-        if not resume and checkpoint.exists():
-            raise InputError(
-                f"{self.folder} holds the checkpoint of an earlier run; resume it (--resume) or "
-                "choose another folder"
-            )
+        check_folder(self.folder, resume=resume)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> dict[str, torch.Tensor] | None:

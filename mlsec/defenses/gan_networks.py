@@ -71,27 +71,23 @@ def mnist_encoder(latent: int = 32, width: int = 64) -> nn.Module:
 
     """
     check_count("latent", latent)
-    return nn.Sequential(
+    return nn.Sequential(*_downsample(width), nn.Linear(width * 7 * 7, latent))
+
+
+def _downsample(width: int) -> list[nn.Module]:
+    """28 x 28 x 1 -> flat 7 x 7 x ``width`` features: two strided 4 x 4 convolutions, no norm."""
+    return [
         nn.Conv2d(1, width // 2, 4, stride=2, padding=1),  # 14 x 14
         nn.LeakyReLU(0.2),
         nn.Conv2d(width // 2, width, 4, stride=2, padding=1),  # 7 x 7
         nn.LeakyReLU(0.2),
         nn.Flatten(),
-        nn.Linear(width * 7 * 7, latent),
-    )
+    ]
 
 
 def mnist_critic(width: int = 64) -> nn.Module:
     """A WGAN-GP critic from ``[B, 1, 28, 28]`` images to scores ``[B]``."""
-    return nn.Sequential(
-        nn.Conv2d(1, width // 2, 4, stride=2, padding=1),  # 14 x 14
-        nn.LeakyReLU(0.2),
-        nn.Conv2d(width // 2, width, 4, stride=2, padding=1),  # 7 x 7
-        nn.LeakyReLU(0.2),
-        nn.Flatten(),
-        nn.Linear(width * 7 * 7, 1),
-        nn.Flatten(0),
-    )
+    return nn.Sequential(*_downsample(width), nn.Linear(width * 7 * 7, 1), nn.Flatten(0))
 
 
 def project(
