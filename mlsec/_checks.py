@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,13 @@ def check_count(name: str, value: object, low: int = 1) -> None:
     """Raise :class:`InputError` unless ``value`` is an integer (not a bool) of at least ``low``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise InputError(f"{name} must be an integer >= {low} (got {value!r})")
+
+
+def check_number(name: str, value: object, *, zero: bool = False) -> None:
+    """Raise :class:`InputError` unless ``value`` is a finite number > 0 (>= 0 with ``zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero):  # type: ignore[operator]
+        raise InputError(f"{name} must be a number {'>=' if zero else '>'} 0 (got {value!r})")
 
 
 def check_batch(

@@ -410,3 +410,18 @@ def test_fgsm_transfers_poorly_through_the_purifiers(
     assert bare <= 0.15
     assert all(acc >= bare + 0.25 for acc in behind.values()), (bare, behind)
     assert isinstance(PGD, type) and isinstance(defense_gan.wrap(model), PurifiedModel)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"eps": -0.1}, "eps must be a number >= 0"),
+        ({"lr": float("nan")}, "lr must be a number > 0"),
+        ({"adv_weight": True}, "adv_weight must be a number >= 0"),
+        ({"width": 1}, "width must be an integer >= 2"),
+    ],
+)
+def test_bad_ape_gan_settings_are_one_line_errors(params: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=message) as error:
+        APEGAN(**params)  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)

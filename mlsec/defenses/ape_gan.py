@@ -16,7 +16,6 @@ Reference:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from mlsec._checks import check_count
+from mlsec._checks import check_count, check_number
 from mlsec.defenses import _gan_run as run
 from mlsec.defenses.base import Purifier, network_field
 from mlsec.errors import InputError
@@ -96,20 +95,15 @@ class APEGAN(Purifier):
     generator: nn.Module | None = network_field()  # noqa: RUF009  # a fresh field per class
 
     def __post_init__(self) -> None:
-        check_count("width", self.width)
-        for label, value, low in (
-            ("eps", self.eps, 0.0),
-            ("recon_weight", self.recon_weight, 0.0),
-            ("adv_weight", self.adv_weight, 0.0),
-        ):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
-                raise InputError(f"{label} must be a number >= {low:g} (got {value!r})")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise InputError(f"lr must be a number > 0 (got {self.lr!r})")
+        check_count("width", self.width, low=2)
+        for label in ("eps", "recon_weight", "adv_weight"):
+            check_number(label, getattr(self, label), zero=True)
+        check_number("lr", self.lr)
         if self.recon_weight == 0 and self.adv_weight == 0:
             raise InputError("recon_weight and adv_weight are both 0: nothing to train on")
         if self.generator is not None and not isinstance(self.generator, nn.Module):
-            raise InputError(f"generator must be a torch.nn.Module (got {type(self.generator)})")
+            kind = type(self.generator).__name__
+            raise InputError(f"generator must be a torch.nn.Module (got {kind})")
 
     def networks(self) -> dict[str, nn.Module]:
         """The fitted networks by name."""

@@ -20,7 +20,6 @@ Reference:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +27,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from mlsec._checks import check_count
+from mlsec._checks import check_count, check_number
 from mlsec.defenses import _gan_run as run
 from mlsec.defenses.base import Purifier, network_field
 from mlsec.defenses.gan_networks import (
@@ -101,8 +100,7 @@ class DefenseGAN(Purifier):
         check_count("width", self.width, low=2)
         check_count("steps", self.steps)
         check_count("restarts", self.restarts)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise InputError(f"lr must be a number > 0 (got {self.lr!r})")
+        check_number("lr", self.lr)
         if self.init not in _INITS:
             raise InputError(f"init must be one of {', '.join(_INITS)} (got {self.init!r})")
         if self.bpda not in _BPDA:
