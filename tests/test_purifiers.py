@@ -119,8 +119,9 @@ def test_wrapped_model_is_a_module_the_audit_accepts(
     x, y = held_out
     model = mlsec.zoo.load("mnist-cnn")
     wrapped = ape_gan.wrap(model)
-    assert isinstance(wrapped, torch.nn.Module)
-    report = mlsec.audit(wrapped, (x, y), attacks=["fgsm"], eps=[0.3], sanity_checks=False)
+    assert isinstance(wrapped, torch.nn.Module) and not wrapped.training
+    report = mlsec.audit(wrapped, (x, y), attacks=["fgsm"], eps=[0.3])
+    assert not any("train mode" in warning for warning in report.warnings)
     with torch.no_grad():
         expected = float((model(ape_gan.purify(x)).argmax(1) == y).float().mean())
     assert report.clean_accuracy == pytest.approx(expected)

@@ -179,6 +179,8 @@ class PurifiedModel(nn.Module):
         self.purifier = nn.ModuleDict(defense.networks())
         self.defense = defense
         self.calls = 0
+        # In the classifier's mode (the purifiers run their networks in eval mode regardless).
+        self.train(model.training)
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         """The purified input of this call (fresh randomness), with the declared gradient."""
