@@ -183,12 +183,18 @@ def audit_defense(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_writable("--json", args.json)
     defense, label = resolve_defense(args.defense)
-    overrides = {"steps": args.purify_steps, "restarts": args.purify_restarts}
-    for key, value in overrides.items():
+    overrides = {
+        "--purify-steps": ("steps", args.purify_steps),
+        "--purify-restarts": ("restarts", args.purify_restarts),
+        "--bpda": ("bpda", args.bpda),
+    }
+    for option, (key, value) in overrides.items():
         if value is not None:
             if not hasattr(defense, key):
-                raise InputError(f"--purify-{key}: {defense.name} has no {key}")
+                raise InputError(f"{option}: {defense.name} has no {key}")
             setattr(defense, key, value)
+    if args.bpda == "encoder" and getattr(defense, "encoder", None) is None:
+        raise InputError("--bpda encoder: this Defense-GAN has no fitted encoder")
     device = device_from(args.device)
     model, model_name, model_notes = load_model(
         args.model or "mnist-cnn", arch=args.arch, trust_pickle=args.trust_pickle

@@ -125,6 +125,12 @@ def _build_parser() -> argparse.ArgumentParser:
     guard.add_argument(
         "--purify-restarts", type=positive_int, default=None, help="override Defense-GAN's R"
     )
+    guard.add_argument(
+        "--bpda",
+        choices=["identity", "encoder"],
+        default=None,
+        help="override the BPDA surrogate of a purifier that declares one (Defense-GAN)",
+    )
 
     how = run.add_argument_group("attacks")
     how.add_argument(
@@ -298,7 +304,7 @@ def _comparison(reports: list[AuditReport]) -> Table:
 def _audit(args: argparse.Namespace) -> int:
     if args.defense is not None:
         return _defend_cli.audit_defense(args)
-    for option in ("purify_steps", "purify_restarts"):
+    for option in ("purify_steps", "purify_restarts", "bpda"):
         if getattr(args, option) is not None:
             raise InputError(f"--{option.replace('_', '-')} needs --defense")
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)

@@ -366,6 +366,8 @@ def test_defend_train_then_audit_the_saved_defense(
         (["audit", "--defense", "mnist-ape-gan", "--suite", "quick"], "does not combine"),
         (["audit", "--defense", "mnist-ape-gan", "--attacks", "nope"], "nope"),
         (["audit", "--purify-steps", "3"], "needs --defense"),
+        (["audit", "--bpda", "identity"], "needs --defense"),
+        (["audit", "--defense", "mnist-ape-gan", "--bpda", "identity"], "has no bpda"),
         (["audit", "--defense", "mnist-ape-gan", "--purify-steps", "3"], "has no steps"),
         (["audit", "--model", "mnist-defense-gan"], "is a bundled defense"),
         (
