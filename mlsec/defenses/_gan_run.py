@@ -38,7 +38,7 @@ def image_grid(images: torch.Tensor, columns: int = 8) -> Image.Image:
     for i, image in enumerate(images[:, 0].detach().float().cpu().clamp(0, 1)):
         r, c = divmod(i, columns)
         canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = image
-    return Image.fromarray((canvas.numpy() * 255).round().astype(np.uint8), mode="L")
+    return Image.fromarray((canvas.numpy() * 255).round().astype(np.uint8))  # uint8 2-D: grey
 
 
 def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

@@ -132,9 +132,12 @@ class DefenseGAN(Purifier):
             nets["encoder"] = self.encoder
         return nets
 
+    def _through_encoder(self) -> bool:
+        return self.bpda == "encoder" or (self.bpda == "auto" and self.encoder is not None)
+
     def surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """BPDA's differentiable stand-in for the projection (see ``bpda``)."""
-        if self.bpda == "identity" or (self.bpda == "auto" and self.encoder is None):
+        if not self._through_encoder():
             return x
         generator = self.networks()["generator"]
         if self.encoder is None:
@@ -144,9 +147,7 @@ class DefenseGAN(Purifier):
     @property
     def surrogate_name(self) -> str:
         """``identity surrogate`` or ``encoder surrogate G(E(x))``."""
-        if self.bpda == "identity" or (self.bpda == "auto" and self.encoder is None):
-            return "identity surrogate"
-        return "encoder surrogate G(E(x))"
+        return "encoder surrogate G(E(x))" if self._through_encoder() else "identity surrogate"
 
     def purify(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """``G(z*)``: the best of R projections of ``x`` onto the generator's range."""
