@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 
 import mlsec
 from mlsec.attacks import FGSM, PGD
@@ -270,7 +271,8 @@ def test_defense_gan_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     lines = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4]
-    assert (tmp_path / "b" / "samples-000004.png").is_file()
+    with Image.open(tmp_path / "b" / "samples-000004.png") as grid:
+        assert grid.size == (8 * 30, 8 * 30)  # 64 samples, 28 px each plus a 1 px border
 
 
 def test_ape_gan_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -286,7 +288,8 @@ def test_ape_gan_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     )
     probe = torch.rand(3, 1, 28, 28)
     assert torch.equal(straight.purify(probe), resumed.purify(probe))
-    assert (tmp_path / "b" / "samples-002.png").is_file()
+    with Image.open(tmp_path / "b" / "samples-002.png") as grid:
+        assert grid.size == (8 * 30, 3 * 30)  # rows: clean, FGSM, purified
 
 
 # --- bad input ---------------------------------------------------------------------------------
