@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mnist-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--run", type=Path, default=ROOT / "out" / "defense-gan")
-    parser.add_argument("--gan-steps", type=int, default=12000)
+    parser.add_argument("--gan-steps", type=int, default=12000, help="generator steps in all")
     parser.add_argument("--encoder-steps", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=10, help="projection steps L of the defense")
     parser.add_argument("--restarts", type=int, default=2, help="starts R of the defense")

@@ -355,6 +355,13 @@ def test_defend_train_then_audit_the_saved_defense(
     assert run_cli([*argv, "fgsm,pgd", "--json", str(report), "--no-progress"]) == 0
     data = json.loads(report.read_text())
     assert data["n"] == 20 and data["defense"] == "defense.safetensors"
+    # Worst cases are per sample over every attack of the column (the adaptive one over the
+    # transfer attacks as well), so never above any single row.
+    rows = data["rows"]
+    assert data["worst_non_adaptive"]["0.3"] <= min(r["non_adaptive"] for r in rows)
+    cells = [r["non_adaptive"] for r in rows]
+    cells += [r["adaptive"] for r in rows if r["adaptive"] is not None]
+    assert data["worst_adaptive"]["0.3"] <= min(cells)
     assert [(r["attack"], r["adaptive"] is None) for r in data["rows"]] == [
         ("fgsm", True),
         ("pgd", False),

@@ -227,6 +227,7 @@ def evaluate_defense(
                 bare = torch.cat(bare_ok) & clean_bare
                 non = torch.cat(def_ok) & clean_def
                 kept_non[e] &= non
+                kept_ada[e] &= non  # the adaptive worst case counts the transfer attacks too
                 ada_acc = None
                 if name in adaptive:
                     through = EOT(attack=attack, samples=draws) if draws > 1 else attack
@@ -242,7 +243,7 @@ def evaluate_defense(
                         ada_ok.append(ok)
                         bar.advance(task)
                     ada = torch.cat(ada_ok)
-                    kept_ada[e] &= ada & non  # the adaptive worst case includes the transfer
+                    kept_ada[e] &= ada
                     ada_acc = float(ada.float().mean())
                 rows.append(
                     DefenseRow(
