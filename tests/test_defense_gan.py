@@ -91,3 +91,16 @@ def test_generator_round_trip_and_latent_mismatch(
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(InputError, match="cannot read generator weights"):
         load_generator(tmp_path / "junk.safetensors")
+
+
+def test_chunked_steps_equal_one_pass(generator: torch.nn.Module) -> None:
+    # Chunking splits each step's forward and backward passes; the summed gradient and the one
+    # Adam update over all latents are the same (the CPU default is 256 latents per pass).
+    x = torch.rand(6, 1, 28, 28)
+    z0 = torch.randn(3, 6, 16, generator=torch.Generator().manual_seed(4))
+    whole, z_whole = project(generator, x, steps=10, restarts=3, z0=z0, chunk=18)
+    parts, z_parts = project(generator, x, steps=10, restarts=3, z0=z0, chunk=5)
+    assert torch.allclose(whole, parts, atol=1e-5)
+    assert torch.allclose(z_whole, z_parts, atol=1e-5)
+    with pytest.raises(InputError, match="chunk must be an integer >= 1"):
+        project(generator, x, chunk=0)
