@@ -69,7 +69,7 @@ class DefenseGAN(Purifier):
             ``"identity"`` (``G(z*) ≈ x``), ``"encoder"`` (``G(E(x))``, the encoder's
             differentiable approximation of the projection, whose gradient lies along the
             generator's range) or ``"auto"``: the encoder where one is fitted. On the bundled
-            weights the encoder surrogate is far stronger (see docs/defense-gan.md).
+            weights the encoder surrogate is the stronger (see docs/defense-gan.md).
         generator, encoder: fitted networks (set by :meth:`fit` or loading).
 
     Example:
