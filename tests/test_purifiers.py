@@ -15,7 +15,7 @@ from mlsec.attacks import FGSM, PGD
 from mlsec.cli import main
 from mlsec.defenses import APEGAN, DefenseGAN, PurifiedModel, load_defense
 from mlsec.defenses.ape_gan import ape_generator
-from mlsec.defenses.evaluate import evaluate_defense
+from mlsec.defenses.evaluate import evaluate_defense, worst_cases
 from mlsec.defenses.gan_networks import mnist_encoder, mnist_generator
 from mlsec.errors import InputError
 
@@ -438,3 +438,15 @@ def test_bad_ape_gan_settings_are_one_line_errors(params: dict[str, object], mes
     with pytest.raises(InputError, match=message) as error:
         APEGAN(**params)  # type: ignore[arg-type]
     assert "\n" not in str(error.value)
+
+
+def test_adaptive_worst_case_counts_the_transfer_attacks() -> None:
+    # Sample 0 survives everything; 1 falls to a transfer attack only; 2 to an adaptive attack
+    # only; 3 is wrong clean. Non-adaptive worst case: samples 0 and 2; adaptive: sample 0 alone
+    # (an attacker who knows the defense may still use the transfer attack).
+    clean = torch.tensor([True, True, True, False])
+    transfer = [torch.tensor([True, False, True, True]), torch.tensor([True, True, True, True])]
+    through = [torch.tensor([True, True, False, True])]
+    assert worst_cases(clean, transfer, through) == (0.5, 0.25)
+    assert worst_cases(clean, transfer, []) == (0.5, 0.5)
+    assert worst_cases(clean, [], through) == (0.75, 0.5)

@@ -34,7 +34,7 @@ from mlsec.attacks.base import Attack
 from mlsec.defenses.base import Purifier
 from mlsec.errors import InputError
 
-__all__ = ["GAP", "DefenseReport", "DefenseRow", "evaluate_defense"]
+__all__ = ["GAP", "DefenseReport", "DefenseRow", "evaluate_defense", "worst_cases"]
 
 # A gap between the non-adaptive and the adaptive worst case this large (accuracy, 0-1) is flagged.
 GAP = 0.10
@@ -138,6 +138,33 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> 
     )
 
 
+def worst_cases(
+    clean: torch.Tensor, non_adaptive: Sequence[torch.Tensor], adaptive: Sequence[torch.Tensor]
+) -> tuple[float, float]:
+    """Per-sample worst cases from "still correct" masks: ``(non-adaptive, adaptive)``.
+
+    A sample counts only if it is correct clean and under every attack of the column. The
+    adaptive column also takes in the non-adaptive attacks: an attacker who knows the defense may
+    still use a transfer attack where that one works better.
+
+    Example:
+        >>> import torch
+        >>> clean = torch.tensor([True, True, True, False])
+        >>> transfer = [torch.tensor([True, False, True, False])]
+        >>> through = [torch.tensor([True, True, False, False])]
+        >>> worst_cases(clean, transfer, through)
+        (0.5, 0.25)
+
+    """
+    kept_non = clean.clone()
+    for mask in non_adaptive:
+        kept_non &= mask
+    kept_ada = kept_non.clone()
+    for mask in adaptive:
+        kept_ada &= mask
+    return float(kept_non.float().mean()), float(kept_ada.float().mean())
+
+
 def evaluate_defense(
     defense: Purifier,
     model: nn.Module,
@@ -210,8 +237,9 @@ def evaluate_defense(
     with bar:
         clean_bare = _correct(model, x, y, batch_size)
         clean_def = _correct(defended, x, y, batch_size)
-        kept_non: dict[float, torch.Tensor] = {e: clean_def.clone() for e in grid}
-        kept_ada: dict[float, torch.Tensor] = {e: clean_def.clone() for e in grid}
+        # Per eps, the per-sample "still correct" masks of each column's attacks.
+        non_masks: dict[float, list[torch.Tensor]] = {e: [] for e in grid}
+        ada_masks: dict[float, list[torch.Tensor]] = {e: [] for e in grid}
         rows: list[DefenseRow] = []
         for name in attacks:
             for e in grid:
@@ -226,8 +254,7 @@ def evaluate_defense(
                     bar.advance(task)
                 bare = torch.cat(bare_ok) & clean_bare
                 non = torch.cat(def_ok) & clean_def
-                kept_non[e] &= non
-                kept_ada[e] &= non  # the adaptive worst case counts the transfer attacks too
+                non_masks[e].append(non)
                 ada_acc = None
                 if name in adaptive:
                     through = EOT(attack=attack, samples=draws) if draws > 1 else attack
@@ -243,15 +270,18 @@ def evaluate_defense(
                         ada_ok.append(ok)
                         bar.advance(task)
                     ada = torch.cat(ada_ok)
-                    kept_ada[e] &= ada
+                    ada_masks[e].append(ada)
                     ada_acc = float(ada.float().mean())
                 rows.append(
                     DefenseRow(
                         name, e, float(bare.float().mean()), float(non.float().mean()), ada_acc
                     )
                 )
-    worst_non = {e: float(kept_non[e].float().mean()) for e in grid}
-    worst_ada = {e: float(kept_ada[e].float().mean()) for e in grid} if adaptive else {}
+    worst_non, worst_ada = {}, {}
+    for e in grid:
+        worst_non[e], ada_worst = worst_cases(clean_def, non_masks[e], ada_masks[e])
+        if adaptive:
+            worst_ada[e] = ada_worst
     gradient = "exact gradient" if defense.differentiable else f"BPDA, {defense.surrogate_name}"
     if draws > 1:
         gradient += f", EOT over {draws} draws"
