@@ -20,6 +20,7 @@ from safetensors.torch import save
 from torch import nn
 
 from mlsec._files import write_atomic
+from mlsec.attacks.adaptive import BPDA
 from mlsec.errors import InputError
 
 __all__ = ["Defense", "PurifiedModel", "Purifier", "load_defense"]
@@ -188,10 +189,7 @@ class PurifiedModel(nn.Module):
         self.calls += 1
         if self.defense.differentiable:
             return self.defense.purify(x, seed=seed)
-        with torch.no_grad():
-            exact = self.defense.purify(x, seed=seed)
-        smooth = self.defense.surrogate(x)
-        return smooth + (exact - smooth).detach()
+        return BPDA(lambda v: self.defense.purify(v, seed=seed), self.defense.surrogate)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits on the purified input."""
