@@ -98,13 +98,32 @@ def check_labels(
             )
 
 
-def run_model(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``forward(x)``, with a model that cannot take inputs of this shape reported as bad input."""
+def run_model(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, name: str = "the model"
+) -> torch.Tensor:
+    """``forward(x)``; whatever the model raises is reported as bad input, naming ``name``.
+
+    A model's ``forward`` is user code: a shape mismatch, any other exception and a
+    ``sys.exit`` inside it all become one :class:`InputError` naming the exception.
+    """
     try:
         return forward(x)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except InputError:
+        raise
+    except (Exception, SystemExit) as error:  # user code may fail in any way
+        if isinstance(error, SystemExit):
+            what = f"called sys.exit({error.code!r})"
+        else:
+            text = str(error).strip()
+            first = text.splitlines()[0] if text else ""
+            what = f"raised {type(error).__name__}" + (f" ({first[:200]})" if first else "")
         raise InputError(
-            f"the model failed on inputs of shape {tuple(x.shape[1:])} per sample ({first}); "
-            "check that the data matches what the model expects"
+            f"{_quoted(name)} failed on inputs of shape {tuple(x.shape[1:])} per sample: its "
+            f"forward {what}; check the model and that the data matches what it expects"
         ) from None
+
+
+def _quoted(name: str) -> str:
+    return (
+        name if name == "the model" else f"the model {name if name.isprintable() else repr(name)}"
+    )

@@ -11,6 +11,7 @@ import torch
 from rich.markup import escape
 from rich.table import Table
 
+from mlsec._text import printable
 from mlsec.errors import InputError
 from mlsec.report import AuditReport
 
@@ -22,6 +23,7 @@ __all__ = [
     "float_list",
     "percent",
     "positive_int",
+    "printable",
     "robust_cell",
     "robust_table",
 ]
@@ -31,7 +33,7 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports errors in the house style: one line, exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"mlsec: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"mlsec: {printable(message)} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -71,14 +73,45 @@ def device_from(name: str) -> torch.device:
     return device
 
 
-def check_writable(option: str, path: Path) -> None:
+def check_writable(option: str, path: Path, *, create_folders: bool = False) -> None:
+    """Refuse, in one line, a report path that cannot be written, before any work is done.
+
+    A link counts as the file it points to (reports are written through links), so a dangling
+    link is fine when its target's folder exists.
+
+    Args:
+        option: the option that named the path, for the message.
+        path: the file to be written.
+        create_folders: its missing folders will be created; the nearest existing one must then
+            be a writable folder.
+
+    Raises:
+        InputError: the path is a folder, a link loop or not a regular file, or its folder is
+            missing (without ``create_folders``) or not writable.
+
+    """
+    shown = printable(path)
     if path.is_dir():
-        raise InputError(f"{option}: {path} is a folder; give a file path such as {path}/report")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"{option}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{option}: folder {parent} is not writable")
+        raise InputError(f"{option}: {shown} is a folder; give a file path such as {shown}/report")
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        target = Path(os.path.realpath(path))  # a new file, or a link to one
+    except OSError as error:  # a loop of links, a path through a file, ...
+        raise InputError(f"{option}: cannot write {shown}: {error.strerror}") from None
+    via = f" (where the link {shown} points)" if path.is_symlink() else ""
+    if target.exists() and not target.is_file():
+        raise InputError(f"{option}: {printable(target)}{via} is not a regular file")
+    folder = target.parent
+    if create_folders and not path.is_symlink():  # a link's target folder is not created
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+    if not folder.exists():
+        raise InputError(f"{option}: folder {printable(folder)}{via} does not exist")
+    if not folder.is_dir():
+        raise InputError(f"{option}: {printable(folder)} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option}: folder {printable(folder)} is not writable")
 
 
 def percent(value: float) -> str:
@@ -101,7 +134,8 @@ def robust_cell(report: AuditReport, attack: str, eps: float) -> str:
 
 def robust_table(report: AuditReport) -> Table:
     table = Table(
-        title=f"Robust accuracy of {escape(report.model)} on {escape(report.data)} "
+        title=f"Robust accuracy of {escape(printable(report.model))} on "
+        f"{escape(printable(report.data))} "
         f"({report.n} samples, {report.norm})",
         caption=f"clean accuracy {percent(report.clean_accuracy)}; each row counts the samples "
         "standing after that attack and those above it",

@@ -47,8 +47,19 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def check_materialized(model: nn.Module) -> None:
+    """Raise :class:`InputError` if the model's weights are on the meta device (no values)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_meta:
+            raise InputError(
+                "the model's weights are on the meta device (shapes without values); load real "
+                "weights into it first, e.g. model.load_state_dict(state, assign=True)"
+            )
+
+
 def check_device(model: nn.Module, x: torch.Tensor) -> None:
     """Raise :class:`InputError` if the model's weights are not on ``x``'s device."""
+    check_materialized(model)
     for tensor in (*model.parameters(), *model.buffers()):
         if tensor.device != x.device:
             raise InputError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,8 +33,15 @@ from torch import nn
 
 from mlsec import _model, checks
 from mlsec._checks import check_batch, run_model
+from mlsec._text import printable
 from mlsec.attacks import Attack
-from mlsec.checkpoint import BatchRecord, Checkpoint, fingerprint_model, fingerprint_tensors
+from mlsec.checkpoint import (
+    BatchRecord,
+    Checkpoint,
+    fingerprint_code,
+    fingerprint_model,
+    fingerprint_tensors,
+)
 from mlsec.errors import InputError
 from mlsec.report import AttackOutcome, AuditReport, Example
 from mlsec.suite import DEFAULT_EPS, Suite, load_suite
@@ -121,6 +128,7 @@ def audit(
     console: Console | None = None,
     model_name: str = "model",
     data_name: str = "data",
+    data_classes: Mapping[str, int] | None = None,
 ) -> AuditReport:
     """Measure clean accuracy and robust accuracy under a chain of attacks over an eps grid.
 
@@ -146,6 +154,9 @@ def audit(
         console: where progress bars go.
         model_name: name of the model in the report.
         data_name: name of the data in the report.
+        data_classes: how the data's class names map to labels (an image folder's folder name →
+            label, see :func:`mlsec.loading.image_folder_classes`); recorded in the report's
+            ``config`` when given.
 
     Returns:
         An :class:`AuditReport`.
@@ -172,19 +183,27 @@ def audit(
     was_training = any(module.training for module in model.modules())
     store = None
     if checkpoint is not None:
+        from mlsec import __version__
+
+        # Everything that decides the numbers; the suite's config holds each attack's seed.
         store = Checkpoint(
             Path(checkpoint),
             {
                 "model": fingerprint_model(model),
+                "code": fingerprint_code(model),
                 "data": fingerprint_tensors(x, y),
                 "suite": plan.to_config(),
                 "batch_size": batch_size,
                 "survivors": survivors,
+                "mlsec": __version__,
+                "torch": torch.__version__,
             },
+            samples=n,
         )
         if store.records and progress:
             (console or Console(stderr=True)).print(
-                f"resuming from {store.directory}: {len(store.records)} finished batches recorded",
+                f"resuming from {printable(store.directory)}: {len(store.records)} finished "
+                "batches recorded",
                 highlight=False,
                 markup=False,
             )
@@ -195,7 +214,7 @@ def audit(
         dtype = _model.compute_dtype(model, x)
         with _model.frozen(model), torch.no_grad():
             for start in range(0, n, batch_size):
-                out = run_model(model, x[start : start + batch_size].to(device, dtype))
+                out = run_model(model, x[start : start + batch_size].to(device, dtype), model_name)
                 if not isinstance(out, torch.Tensor) or out.dim() != 2:
                     raise InputError("the model must return logits [batch, classes]")
                 outputs.append(out.float().cpu())
@@ -287,6 +306,7 @@ def audit(
             "survivors": survivors,
             "sanity_checks": sanity_checks,
             "thresholds": [t.spec for t in thresholds],
+            **({} if data_classes is None else {"data_classes": dict(data_classes)}),
         },
         environment=_environment(device),
         correct=correct,

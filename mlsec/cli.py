@@ -1,7 +1,7 @@
 """The ``mlsec`` command line: ``audit``, ``train``, ``defend`` and ``attacks``.
 
 Exit codes: 0 success, 1 a robustness threshold failed (or, with ``--strict``, a sanity check
-warned), 2 bad usage or input, 3 internal error.
+warned), 2 bad usage or input, 3 internal error, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from mlsec._cli_common import (
     float_list,
     percent,
     positive_int,
+    printable,
     robust_cell,
     robust_table,
 )
@@ -35,8 +37,10 @@ from mlsec._files import write_atomic
 from mlsec.audit import audit
 from mlsec.errors import InputError
 from mlsec.loading import (
+    CLASS_MAP_NOTE,
     PICKLE_WARNING,
     apply_normalize,
+    image_folder_classes,
     load_data,
     load_model,
     parse_normalize,
@@ -63,7 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "audit",
         help="robust accuracy of a model under attacks and budgets",
         description="Audit a model's robustness. Exit codes: 0 ok, 1 a threshold failed (or a "
-        "warning under --strict), 2 bad usage or input, 3 internal error.",
+        "warning under --strict), 2 bad usage or input, 3 internal error, 130 interrupted "
+        "(Ctrl-C).",
     )
     what = run.add_argument_group("model and data")
     what.add_argument(
@@ -242,10 +247,7 @@ def _report_paths(args: argparse.Namespace) -> dict[str, Path]:
         if path is not None
     }
     if args.out is not None:
-        if args.out.exists() and not args.out.is_dir():
-            raise InputError(f"--out: {args.out} exists and is not a folder")
-        if not args.out.resolve().parent.is_dir():
-            raise InputError(f"--out: folder {args.out.resolve().parent} does not exist")
+        _check_out(args.out)
         for kind, name in (
             ("json", "report.json"),
             ("markdown", "report.md"),
@@ -254,6 +256,23 @@ def _report_paths(args: argparse.Namespace) -> dict[str, Path]:
         ):
             paths.setdefault(kind, args.out / name)
     return paths
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an ``--out`` folder that cannot be created or written."""
+    shown = printable(out)
+    if out.is_symlink() and not out.exists():
+        raise InputError(f"--out: {shown} is a link that leads to no folder")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: {shown} exists and is not a folder")
+    parent = Path(os.path.realpath(out)).parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"--out: {printable(parent)} is not a folder")
+    if not parent.is_dir():
+        raise InputError(f"--out: folder {printable(parent)} does not exist")
+    folder = out if out.is_dir() else parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"--out: folder {printable(folder)} is not writable")
 
 
 # What a plain ``mlsec audit`` compares: a standard model and its adversarially trained peer.
@@ -271,17 +290,39 @@ def _per_model(paths: dict[str, Path], args: argparse.Namespace, name: str) -> d
     return per
 
 
+def _report_files(
+    paths: dict[str, Path], args: argparse.Namespace, name: str, several: bool
+) -> dict[str, Path]:
+    """Every file written for one model: its reports, and ``suite`` (the resolved suite)."""
+    files = _per_model(paths, args, name) if several else dict(paths)
+    if files:
+        first = next(iter(files.values()))
+        files["suite"] = (
+            args.out / "suite.toml" if args.out is not None else first.with_suffix(".suite.toml")
+        )
+    return files
+
+
+def _check_report_files(files: dict[str, Path], args: argparse.Namespace) -> None:
+    """Refuse, before any attack runs, a report file that cannot be written."""
+    for kind, path in files.items():
+        inside = args.out is not None and args.out in path.parents
+        named = next(iter(files)) if kind == "suite" else kind
+        check_writable("--out" if inside else f"--{named}", path, create_folders=inside)
+
+
 def _comparison(reports: list[AuditReport]) -> Table:
     """One table with a column per model: clean accuracy, then each attack and eps, worst case."""
     first = reports[0]
     table = Table(
-        title=f"Robust accuracy on {escape(first.data)} ({first.n} samples, {first.norm})",
+        title=f"Robust accuracy on {escape(printable(first.data))} "
+        f"({first.n} samples, {first.norm})",
         caption="each attack's row counts the samples standing after it and the attacks above it",
     )
     table.add_column("attack", style="bold")
     table.add_column("eps", justify="right")
     for report in reports:
-        table.add_column(escape(report.model), justify="right")
+        table.add_column(escape(printable(report.model)), justify="right")
     table.add_row("clean", "", *(percent(r.clean_accuracy) for r in reports))
     for name in first.attacks:
         table.add_section()
@@ -320,22 +361,33 @@ def _audit(args: argparse.Namespace) -> int:
     # The user's modules load first: they may register attacks of their own.
     loaded = [load_model(spec, arch=args.arch, trust_pickle=args.trust_pickle) for spec in specs]
     (x, y), data_name, data_notes = load_data(args.data)
+    # An image folder's class labels go in the report: they decide what "correct" means.
+    classes = image_folder_classes(Path(args.data)) if Path(args.data).is_dir() else None
     plan = _plan(args)
+    several = len(loaded) > 1
+    files = {name: _report_files(paths, args, name, several) for _, name, _ in loaded}
+    for planned in files.values():
+        _check_report_files(planned, args)
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     err = Console(stderr=True, no_color=args.no_color)
     for note in [*(n for _, _, notes in loaded for n in notes), *data_notes]:
+        # soft_wrap: one note, one line, whatever the width (CI logs are grepped)
         if note == PICKLE_WARNING:
-            err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
-        elif not args.quiet:
-            err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+            err.print(
+                f"[bold yellow]warning:[/] {escape(printable(note))}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        elif not args.quiet or note.startswith(CLASS_MAP_NOTE):
+            err.print(f"[dim]note:[/] {escape(printable(note))}", highlight=False, soft_wrap=True)
 
     reports = []
+    written: list[Path] = []
     for model, model_name, _ in loaded:
         if args.normalize is not None:
             mean, std = parse_normalize(args.normalize)
             model = apply_normalize(model, mean, std, channels=x.shape[1])
-        several = len(loaded) > 1
         checkpoint = args.checkpoint
         if several and checkpoint is not None:
             checkpoint = checkpoint / model_name
@@ -351,17 +403,17 @@ def _audit(args: argparse.Namespace) -> int:
             console=err,
             model_name=model_name,
             data_name=data_name,
+            data_classes=classes,
         )
         reports.append(report)
-        written = _per_model(paths, args, model_name) if several else paths
-        _write_reports(report, written, plan, args)
+        written += _write_reports(report, files[model_name], plan)
 
     for report in reports:
         if args.quiet:
             worst = ", ".join(f"{percent(report.worst_case[e])} at eps {e:g}" for e in report.eps)
             console.print(
-                f"{report.model} on {report.data}: clean {percent(report.clean_accuracy)}; "
-                f"worst case {worst}",
+                f"{printable(report.model)} on {printable(report.data)}: "
+                f"clean {percent(report.clean_accuracy)}; worst case {worst}",
                 highlight=False,
                 markup=False,
             )
@@ -370,17 +422,23 @@ def _audit(args: argparse.Namespace) -> int:
     if len(reports) > 1 and not args.quiet:
         console.print(_comparison(reports))
     for report in reports:
-        prefix = f"{report.model}: " if len(reports) > 1 else ""
+        prefix = f"{printable(report.model)}: " if len(reports) > 1 else ""
         for result in report.thresholds:
             mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
             console.print(
-                f"{mark} {escape(prefix + result.spec)}: {escape(result.message)}", highlight=False
+                f"{mark} {escape(prefix + printable(result.spec))}: "
+                f"{escape(printable(result.message))}",
+                highlight=False,
             )
         for warning in report.warnings:
-            console.print(f"[bold yellow]warning:[/] {escape(prefix + warning)}", highlight=False)
-    if paths and not args.quiet:
-        where = [args.out] if args.out is not None and len(reports) > 1 else paths.values()
-        console.print("reports: " + ", ".join(str(p) for p in where), highlight=False, markup=False)
+            console.print(
+                f"[bold yellow]warning:[/] {escape(prefix + printable(warning))}", highlight=False
+            )
+    if written and not args.quiet:
+        unique = list(dict.fromkeys(written))  # suite.toml in --out is shared by the models
+        console.print(
+            "reports: " + ", ".join(printable(p) for p in unique), highlight=False, markup=False
+        )
     if not all(report.passed for report in reports):
         return 1
     if args.strict and any(report.warnings for report in reports):
@@ -389,25 +447,27 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_reports(
-    report: AuditReport, paths: dict[str, Path], plan: Suite, args: argparse.Namespace
-) -> None:
+def _write_reports(report: AuditReport, files: dict[str, Path], plan: Suite) -> list[Path]:
+    """Write one model's reports and the resolved suite (see :func:`_report_files`).
+
+    Returns:
+        The paths written, in order.
+
+    """
     writers = {
         "json": lambda: report.to_json() + "\n",
         "markdown": report.to_markdown,
         "html": lambda: report.to_html(),
         "junit": report.to_junit,
+        "suite": plan.to_toml,
     }
-    for path in paths.values():
+    for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
-    for kind, path in paths.items():
+    written = []
+    for kind, path in files.items():
         write_atomic(path, writers[kind]())
-    if paths:
-        first = next(iter(paths.values()))
-        config = (
-            args.out / "suite.toml" if args.out is not None else first.with_suffix(".suite.toml")
-        )
-        write_atomic(config, plan.to_toml())
+        written.append(path)
+    return written
 
 
 def _list_attacks() -> int:
@@ -439,11 +499,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _defend_cli.run(args)
         return _list_attacks()
     except InputError as error:
-        print(f"mlsec: {error}", file=sys.stderr)
+        print(f"mlsec: {printable(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mlsec: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as error:  # mlsec never exits from inside a command: user code did
+        print(
+            f"mlsec: user code called sys.exit({error.code!r}) during the run, which mlsec does "
+            "not take as a result; remove the call from the model or data code",
+            file=sys.stderr,
+        )
+        return 2
     except Exception:  # a bug in mlsec (or the user's model): keep the traceback, not exit 1
         traceback.print_exc()
         print("mlsec: internal error (the traceback above says where); exit 3", file=sys.stderr)

@@ -12,8 +12,8 @@ Every failure is an :class:`InputError` with a one-line message naming the optio
 from __future__ import annotations
 
 import importlib
-import io
-import json
+import importlib.machinery
+import importlib.util
 import logging
 import math
 import os
@@ -22,10 +22,11 @@ import re
 import struct
 import sys
 import zipfile
-import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,13 +35,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mlsec import datasets, zoo
+from mlsec._archives import (
+    check_export_archive,
+    check_export_graph,
+    check_torch_zip,
+    check_torchscript_archive,
+    export_layout,
+)
+from mlsec._model import check_materialized
 from mlsec.errors import InputError
 from mlsec.normalize import Normalized
 
 __all__ = [
+    "CLASS_MAP_NOTE",
     "PICKLE_WARNING",
     "apply_normalize",
     "as_tensors",
+    "image_folder_classes",
     "load_data",
     "load_entry_point",
     "load_model",
@@ -104,11 +115,56 @@ def _looks_like_path(spec: str, suffixes: frozenset[str]) -> bool:
     return "/" in spec or os.sep in spec or Path(spec).suffix.lower() in suffixes
 
 
-def _importable_cwd() -> None:
-    """Make the current directory importable, as for ``python -m``."""
+@contextmanager
+def _cwd_importable(enabled: bool = True) -> Iterator[None]:
+    """Let the current folder's modules import, behind every installed package, for a moment.
+
+    The folder goes to the end of ``sys.path`` (so a folder named like a dependency never shadows
+    it) and comes off again afterwards (so nothing the run imports later can come from it).
+    """
     cwd = str(Path.cwd())
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    added = enabled and cwd not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _installed_spec(name: str) -> ModuleSpec | None:
+    """Where ``import name`` finds a module without the current folder, or None."""
+    cwd = str(Path.cwd())
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if p not in ("", ".", cwd)]
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    finally:
+        sys.path[:] = saved
+
+
+def _import_user_module(module_name: str, option: str) -> ModuleType:
+    """Import ``module_name``: an installed module, else one in the current folder.
+
+    A name found both installed and in the current folder is ambiguous and refused, rather than
+    letting a file in the working folder stand in for an installed package.
+    """
+    top = module_name.partition(".")[0]
+    local = None
+    if top not in sys.modules:
+        local = importlib.machinery.PathFinder.find_spec(top, [str(Path.cwd())])
+        installed = _installed_spec(top)
+        if local is not None and installed is not None and local.origin != installed.origin:
+            raise InputError(
+                f"{option}: module {top!r} is both in the current folder ({_quote(local.origin)}) "
+                f"and installed ({_quote(installed.origin)}); rename your file or run mlsec from "
+                "another folder"
+            )
+    with _cwd_importable(local is not None):
+        return importlib.import_module(module_name)
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -117,18 +173,20 @@ def _importable_cwd() -> None:
 def load_entry_point(spec: str, option: str) -> Any:
     """Import ``module:attribute`` and return the attribute, called if it is a function.
 
-    The current directory is importable, as for ``python -m``. Failures raise :class:`InputError`
-    naming ``option``.
+    The module is an installed one or one in the current folder; the current folder never shadows
+    an installed package (see :func:`_import_user_module`). Failures, a ``sys.exit`` in the user's
+    code included, raise :class:`InputError` naming ``option``.
     """
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise InputError(f"{option} must look like module:function (got {spec!r})")
-    _importable_cwd()
     try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # the user's module may fail in any way while importing
+        module = _import_user_module(module_name, option)
+    except InputError:
+        raise
+    except (Exception, SystemExit) as error:  # the user's module may fail in any way on import
         raise InputError(
-            f"{option}: cannot import module {module_name!r} ({type(error).__name__}: {error})"
+            f"{option}: cannot import module {module_name!r} ({_raised(error)})"
         ) from None
     target: Any = module
     for part in attribute.split("."):
@@ -138,9 +196,22 @@ def load_entry_point(spec: str, option: str) -> Any:
     if isinstance(target, nn.Module) or not callable(target):
         return target
     try:
-        return target()
-    except Exception as error:  # user code: report it in one line
-        raise InputError(f"{option}: {spec}() raised {type(error).__name__}: {error}") from None
+        with _cwd_importable(_from_cwd(module)):
+            return target()
+    except (Exception, SystemExit) as error:  # user code: report it in one line
+        raise InputError(f"{option}: {spec}() raised {_raised(error)}") from None
+
+
+def _from_cwd(module: ModuleType) -> bool:
+    origin = getattr(module, "__file__", None)
+    return origin is not None and Path(origin).resolve().is_relative_to(Path.cwd().resolve())
+
+
+def _raised(error: BaseException) -> str:
+    """``Type: message`` of an exception raised by user code, on one line."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit (it called sys.exit({error.code!r}))"
+    return f"{type(error).__name__}: {_reason(error)}"
 
 
 def _module_from(spec: str, option: str) -> nn.Module:
@@ -149,6 +220,10 @@ def _module_from(spec: str, option: str) -> nn.Module:
         raise InputError(
             f"{option}: {spec} must return a torch.nn.Module (got {type(model).__name__})"
         )
+    try:
+        check_materialized(model)
+    except InputError as error:
+        raise InputError(f"{option}: {spec}: {error}") from None
     return model
 
 
@@ -230,10 +305,14 @@ def _load_model_file(
         return _load_safetensors(path, arch, notes), True
     if zipfile.is_zipfile(path):
         names = _zip_names(path, "--model")
-        if "archive_format" in names:
-            return _load_exported(path, names, trust_pickle, notes), False
+        if export_layout(path) is not None:
+            return _load_exported(path, trust_pickle, notes), False
         if "constants.pkl" in names and any(name.startswith("code/") for name in names):
+            if not trust_pickle:
+                check_torchscript_archive(path)
             return _load_torchscript(path, notes), False
+        if not trust_pickle:
+            check_torch_zip(path)
         return _load_torch_file(path, arch, trust_pickle, notes)
     if path.suffix.lower() == ".safetensors":
         return _load_safetensors(path, arch, notes), True
@@ -294,7 +373,7 @@ def _load_torchscript(path: Path, notes: list[str]) -> nn.Module:
     try:
         # TorchScript archives hold TorchScript code and tensors, read by a restricted unpickler.
         model = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError, OSError) as error:
+    except Exception as error:  # the TorchScript reader fails on damaged bytes in many ways
         raise InputError(f"--model: cannot read {shown} as TorchScript: {_reason(error)}") from None
     notes.append(f"read {shown} as a TorchScript program")
     return model
@@ -321,10 +400,10 @@ def _load_torch_file(
                 "loading it would run code from the file; pass --trust-pickle only if you trust "
                 "its source, or save a state dict, safetensors, TorchScript or torch.export file"
             ) from None
-        _importable_cwd()  # the pickle may name classes from the user's own modules
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # the file's own code runs here and may fail in any way
+        try:  # the pickle may name classes from the user's own modules in the current folder
+            with _cwd_importable():
+                loaded = torch.load(path, map_location="cpu", weights_only=False)
+        except (Exception, SystemExit) as error:  # the file's own code runs here
             raise InputError(
                 f"--model: cannot read {shown} with --trust-pickle "
                 f"({type(error).__name__}: {_reason(error)})"
@@ -334,7 +413,7 @@ def _load_torch_file(
         raise InputError(
             f"--model: cannot read {shown} as a PyTorch file: it ends early (truncated?)"
         ) from None
-    except (RuntimeError, OSError, ValueError) as error:
+    except Exception as error:  # the restricted unpickler fails on damaged bytes in many ways
         raise InputError(
             f"--model: cannot read {shown} as a PyTorch file: {_reason(error)}"
         ) from None
@@ -446,46 +525,6 @@ class _ExportedModel(nn.Module):
         return torch.cat(chunks)
 
 
-def _pt2_pickle_use(path: Path, names: set[str]) -> str | None:
-    """What in a ``.pt2`` archive would make ``torch.export.load`` unpickle or load native code.
-
-    ``torch.export.load`` unpickles weights and constants marked ``use_pickle``, custom and opaque
-    objects, legacy weight files and sample inputs that ``weights_only=True`` cannot read, and
-    loads AOTInductor libraries. Returns a description of the first such entry, or ``None``.
-    """
-    if any(name.startswith("data/aotinductor/") for name in names):
-        return "compiled native code (AOTInductor)"
-    models = sorted(n[len("models/") : -len(".json")] for n in names if _is_model_json(n))
-    with zipfile.ZipFile(path) as archive:
-        prefix = archive.namelist()[0].partition("/")[0] + "/"
-        for model in models:
-            for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
-                if legacy in names:
-                    return f"pickled weights in the legacy format ({legacy})"
-            for kind in ("weights", "constants"):
-                config_name = f"data/{kind}/{model}_{kind}_config.json"
-                if config_name not in names:
-                    continue
-                config = json.loads(archive.read(prefix + config_name)).get("config", {})
-                for fqn, entry in config.items():
-                    if entry.get("use_pickle") or (
-                        kind == "constants"
-                        and not str(entry.get("path_name")).startswith("tensor_")
-                    ):
-                        return f"a pickled {kind[:-1]} ({_quote(fqn)})"
-            sample = f"data/sample_inputs/{model}.pt"
-            if sample in names:
-                try:
-                    torch.load(io.BytesIO(archive.read(prefix + sample)), weights_only=True)
-                except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError):
-                    return f"sample inputs that need unpickling ({sample})"
-    return None
-
-
-def _is_model_json(name: str) -> bool:
-    return name.startswith("models/") and name.endswith(".json") and name.count("/") == 1
-
-
 @contextmanager
 def _quiet(*logger_names: str) -> Iterator[None]:
     """Silence loggers for a moment: torch.export logs whole tracebacks for a bad archive."""
@@ -500,42 +539,29 @@ def _quiet(*logger_names: str) -> Iterator[None]:
             logger.disabled = flag
 
 
-def _load_exported(path: Path, names: set[str], trust_pickle: bool, notes: list[str]) -> nn.Module:
+def _load_exported(path: Path, trust_pickle: bool, notes: list[str]) -> nn.Module:
     shown = _quote(path)
-    if "models/model.json" not in names:
-        raise InputError(
-            f"--model: cannot read {shown} as a torch.export program: it holds no program "
-            "named 'model' (save one with torch.export.save)"
-        )
-    try:
-        unsafe = _pt2_pickle_use(path, names)
-    except (
-        zipfile.BadZipFile,
-        OSError,
-        ValueError,
-        zlib.error,
-        AttributeError,
-        KeyError,
-        TypeError,
-    ) as error:  # a malformed archive or config
-        raise InputError(
-            f"--model: cannot read {shown} as a torch.export program: {_reason(error)}"
-        ) from None
-    if unsafe is not None:
-        if not trust_pickle:
-            raise InputError(
-                f"--model: {shown} holds {unsafe} and loading it would run code from the file; "
-                "pass --trust-pickle only if you trust its source"
-            )
+    layout = export_layout(path)
+    if trust_pickle:
         notes.append(PICKLE_WARNING)
+    elif layout == "legacy":
+        raise InputError(
+            f"--model: {shown} is a torch.export archive in the layout of PyTorch < 2.7, whose "
+            "entries are pickles; re-save it with torch.export.save from a newer PyTorch, or "
+            "pass --trust-pickle only if you trust its source"
+        )
+    else:
+        check_export_archive(path)
     try:
-        with _quiet("torch.export", "torch._export"):
+        with _quiet("torch.export", "torch._export"), _cwd_importable(trust_pickle):
             program = torch.export.load(path)
             module = program.module()
     except Exception as error:  # the deserializer fails on a malformed archive in many ways
         raise InputError(
             f"--model: cannot read {shown} as a torch.export program: {_reason(error)}"
         ) from None
+    if not trust_pickle:
+        check_export_graph(module, shown)
     user_inputs = list(program.graph_signature.user_inputs)
     if len(user_inputs) != 1:
         raise InputError(
@@ -617,7 +643,7 @@ def _load_npz(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[
     notes: list[str] = []
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except Exception as error:  # numpy's reader fails on damaged bytes in many ways
         raise InputError(f"{option}: cannot read it as an .npz archive: {_reason(error)}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise InputError(
@@ -643,7 +669,7 @@ def _load_npz(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[
                         "unpickle; save numeric arrays"
                     ) from None
                 raise InputError(f"{option}: cannot read array {key!r}: {_reason(error)}") from None
-            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as error:
+            except Exception as error:  # numpy's reader fails on damaged bytes in many ways
                 raise InputError(f"{option}: cannot read array {key!r}: {_reason(error)}") from None
     images, labels = arrays["x"], arrays["y"]
     x = _images_from_array(images, option, notes)
@@ -715,21 +741,88 @@ def _read_image(path: Path) -> tuple[np.ndarray, str, tuple[int, int], bool]:
         return np.asarray(converted, dtype=np.uint8), mode, size, alpha
 
 
+# Starts the note that names each class folder's label when the labels are not simply folder "i"
+# is class i: a surprise there changes every accuracy silently, so the CLI always prints it.
+CLASS_MAP_NOTE = "class labels from the folder names"
+_DECIMAL = re.compile(r"[0-9]+")
+_MAX_LABEL = 2**63 - 1  # labels are int64
+
+
+def image_folder_classes(root: Path) -> dict[str, int]:
+    """The label of each class folder of an image folder, in label order.
+
+    When every class folder's name is a decimal number (ASCII digits only, such as ``7`` or
+    ``007``), the label is that number; otherwise the labels follow the sorted names: 0, 1, ...
+    Hidden folders (``.name``) are not classes.
+
+    Args:
+        root: the image folder, holding one subfolder per class.
+
+    Returns:
+        Folder name → label, ordered by label.
+
+    Raises:
+        InputError: there are no class folders, or two names are the same number (``7`` and
+            ``07``).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("9", "0", "4"):
+        ...     (root / name).mkdir()
+        >>> image_folder_classes(root)
+        {'0': 0, '4': 4, '9': 9}
+
+    """
+    option = f"--data {_quote(root)}"
+    with os.scandir(root) as entries:
+        names = sorted(
+            entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")
+        )
+    if not names:
+        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        found = f"it has {loose} images but no subfolders" if loose else "it is empty"
+        raise InputError(f"{option}: an image folder needs one subfolder per class; {found}")
+    if not all(_DECIMAL.fullmatch(name) for name in names):
+        return {name: index for index, name in enumerate(names)}
+    classes: dict[str, int] = {}
+    for name in sorted(names, key=lambda name: (int(name), name)):
+        label = int(name)
+        if label > _MAX_LABEL:
+            raise InputError(f"{option}: class folder {name} is too large a number for a label")
+        if label in classes.values():
+            other = next(n for n, value in classes.items() if value == label)
+            raise InputError(
+                f"{option}: class folders {other} and {name} are both class {label}; "
+                "merge them or rename one"
+            )
+        classes[name] = label
+    return classes
+
+
+def _class_note(classes: dict[str, int]) -> str:
+    """The note naming each folder's label.
+
+    It starts with :data:`CLASS_MAP_NOTE` unless folder ``i`` is class ``i`` for every i from 0.
+    """
+    pairs = list(classes.items())
+    shown = ", ".join(f"{label}={_quote(name)}" for name, label in pairs[:20])
+    if len(pairs) > 20:
+        shown += f", ... ({len(pairs)} classes)"
+    if [name for name, _ in pairs] == [str(i) for i in range(len(pairs))]:
+        return f"class labels are the folder numbers: {shown}"
+    how = "the folder numbers" if all(_DECIMAL.fullmatch(n) for n in classes) else "sorted names"
+    return f"{CLASS_MAP_NOTE}: {shown} (label=folder, by {how})"
+
+
 def _load_image_folder(root: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[str]]:
     from PIL import Image
 
     shown = _quote(root)
     option = f"--data {shown}"
-    with os.scandir(root) as entries:
-        classes = sorted(
-            entry.name for entry in entries if entry.is_dir() and not entry.name.startswith(".")
-        )
-    if not classes:
-        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        found = f"it has {loose} images but no subfolders" if loose else "it is empty"
-        raise InputError(f"{option}: an image folder needs one subfolder per class; {found}")
+    classes = image_folder_classes(root)
     files: list[tuple[Path, int]] = []
-    for index, name in enumerate(classes):
+    for name, index in classes.items():
         images = _walk_images(root / name)
         if not images:
             raise InputError(
@@ -774,16 +867,8 @@ def _load_image_folder(root: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], s
     notes = [
         f"read {len(files)} images in {len(classes)} classes from image folder {shown}: "
         f"{channels}-channel {width}x{height}, pixels divided by 255 to [0, 1]",
-        "class indices follow the sorted folder names: "
-        + ", ".join(f"{i}={_quote(c)}" for i, c in enumerate(classes[:20]))
-        + (f", ... ({len(classes)} classes)" if len(classes) > 20 else ""),
+        _class_note(classes),
     ]
-    if all(c.isdigit() for c in classes) and classes != sorted(classes, key=int):
-        notes.append(
-            "the class folders are numbers but their indices follow the sorted names "
-            f"(folder {classes[1]!r} is class 1); pad the names with zeros if the model's "
-            "classes follow the numbers"
-        )
     if with_alpha:
         notes.append(f"dropped the alpha channel of {with_alpha} images")
     return (x, y), root.resolve().name or str(root), notes

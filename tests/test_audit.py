@@ -202,9 +202,11 @@ def test_checkpoint_replays_without_attacking(
     other = mlsec.zoo.load("mnist-cnn")
     with torch.no_grad():
         list(other.parameters())[-1].add_(0.01)  # the last layer's bias
-    with pytest.raises(InputError, match=r"belongs to a different audit \(model differ\)"):
+    with pytest.raises(
+        InputError, match=r"belongs to a different audit: the model's weights changed"
+    ):
         mlsec.audit(other, (x, y), checkpoint=tmp_path / "ck", **kwargs)
-    with pytest.raises(InputError, match=r"belongs to a different audit \(suite differ\)"):
+    with pytest.raises(InputError, match=r"belongs to a different audit: the attacks"):
         mlsec.audit(cnn, (x, y), checkpoint=tmp_path / "ck", **{**kwargs, "eps": [0.1, 0.3]})
 
 

@@ -239,7 +239,7 @@ BAD_INPUT = [
     (["--data", "{mod}:bad_shapes"], "need inputs [n, ...] and labels [n]"),
     (["--data", "{mod}:out_of_bounds"], "outside the bounds"),
     (["--data", "{mod}:uint8_images"], "divide by 255"),
-    (["--data", "{mod}:wrong_shape"], "the model failed on inputs of shape (3, 32, 32)"),
+    (["--data", "{mod}:wrong_shape"], "failed on inputs of shape (3, 32, 32) per sample"),
     (["--data", "{mod}:ragged"], "cannot turn the data into tensors"),
     (["--json", "/no/such/folder/report.json"], "does not exist"),
     (["--json", "."], "is a folder"),

@@ -176,7 +176,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_numbers(tmp_path: Path) ->
     ]
     refused = subprocess.run(other, env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2
-    assert "belongs to a different audit (suite differ)" in refused.stderr
+    assert "belongs to a different audit: the attacks" in refused.stderr
     assert len(log.read_text().splitlines()) == total
 
 

@@ -23,9 +23,11 @@ import mlsec
 from mlsec._model import frozen
 from mlsec.errors import InputError
 from mlsec.loading import (
+    CLASS_MAP_NOTE,
     PICKLE_WARNING,
     apply_normalize,
     as_tensors,
+    image_folder_classes,
     load_data,
     load_model,
     parse_normalize,
@@ -542,12 +544,14 @@ def test_image_folder_of_digits(tmp_path: Path, sample: tuple[torch.Tensor, torc
     assert name == "digits"
     assert xl.shape == (len(order), 1, 28, 28) and xl.dtype == torch.float32
     assert torch.equal(xl, x[order])
-    assert torch.equal(yl, torch.tensor([classes.index(int(c)) for c in y[order]]))
+    assert torch.equal(yl, y[order])  # numbered class folders: the number is the label
     assert notes[0] == (
         f"read {len(order)} images in 3 classes from image folder {tmp_path / 'digits'}: "
         "1-channel 28x28, pixels divided by 255 to [0, 1]"
     )
-    assert notes[1] == "class indices follow the sorted folder names: 0=0, 1=1, 2=7"
+    assert notes[1] == (
+        "class labels from the folder names: 0=0, 1=1, 7=7 (label=folder, by the folder numbers)"
+    )
 
 
 def test_image_folder_in_colour(tmp_path: Path) -> None:
@@ -565,17 +569,45 @@ def test_image_folder_in_colour(tmp_path: Path) -> None:
     expected = np.stack([rgb[0], rgb[1], rgb[2], np.dstack([gray] * 3)]).transpose(0, 3, 1, 2)
     assert torch.equal(xl, torch.from_numpy(expected.astype(np.float32) / 255))
     assert yl.tolist() == [0, 0, 1, 1]
-    assert "class indices follow the sorted folder names: 0=cat, 1=dog" in notes
+    assert (
+        "class labels from the folder names: 0=cat, 1=dog (label=folder, by sorted names)" in notes
+    )
     assert "dropped the alpha channel of 1 images" in notes
 
 
-def test_image_folder_with_numbered_classes_warns_about_order(tmp_path: Path) -> None:
-    for name in ("1", "2", "10"):
+@pytest.mark.parametrize(
+    ("names", "labels", "note"),
+    [
+        # Numbers are labels, in numeric order: "10" is class 10, not class 1 by string order.
+        (["1", "2", "10"], [1, 2, 10], "class labels from the folder names: 1=1, 2=2, 10=10"),
+        (["007", "3"], [3, 7], "class labels from the folder names: 3=3, 7=007"),
+        (["2", "0", "1"], [0, 1, 2], "class labels are the folder numbers: 0=0, 1=1, 2=2"),
+        # One name that is not a number: the labels follow the sorted names.
+        (["1", "10", "x"], [0, 1, 2], "class labels from the folder names: 0=1, 1=10, 2=x"),
+        (["dog", "cat"], [0, 1], "class labels from the folder names: 0=cat, 1=dog"),
+    ],
+)
+def test_image_folder_with_numbered_classes_uses_the_numbers(
+    names: list[str], labels: list[int], note: str, tmp_path: Path
+) -> None:
+    for name in names:
         (tmp_path / name).mkdir()
         Image.new("L", (4, 4)).save(tmp_path / name / "a.png")
     (_, yl), _, notes = load_data(str(tmp_path))
-    assert yl.tolist() == [0, 1, 2]
-    assert any("folder '10' is class 1" in note for note in notes)
+    assert yl.tolist() == labels
+    assert notes[1].startswith(note)
+    assert notes[1].startswith(CLASS_MAP_NOTE) == (names != ["2", "0", "1"])
+    assert list(image_folder_classes(tmp_path).values()) == labels
+
+
+def test_image_folder_with_one_number_twice_is_refused(tmp_path: Path) -> None:
+    for name in ("7", "07", "1"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (4, 4)).save(tmp_path / name / "a.png")
+    _input_error(
+        lambda: load_data(str(tmp_path)),
+        "class folders 07 and 7 are both class 7; merge them or rename one",
+    )
 
 
 def test_broken_image_folders(tmp_path: Path, sample: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -24,6 +24,9 @@ from mlsec.threat import LINF, Geometry, Norm, ThreatModel, geometry
 
 __all__ = ["Attack", "AttackResult", "Perturbation", "Problem", "examples_for_checked_data"]
 
+# The largest seed torch.Generator.manual_seed takes as a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class AttackResult:
@@ -155,6 +158,22 @@ class Attack(abc.ABC):
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise InputError(f"seed must be an integer (got {self.seed!r})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed must lie in [0, 2**63 - 1] (got {self.seed})")
+
+    def _check_representable(self, dtype: torch.dtype) -> None:
+        """Raise :class:`InputError` if eps or the bounds overflow ``dtype`` (they would be inf)."""
+        largest = torch.finfo(dtype).max
+        for what, value in (
+            ("eps", self.eps),
+            ("bounds", self.bounds[0]),
+            ("bounds", self.bounds[1]),
+        ):
+            if abs(value) > largest:
+                raise InputError(
+                    f"{what} {value:g} overflows the model's {str(dtype).removeprefix('torch.')} "
+                    f"(largest {largest:g}); give a smaller value"
+                )
 
     @property
     def threat_model(self) -> ThreatModel:
@@ -218,6 +237,7 @@ class Attack(abc.ABC):
             check_batch(model, x, y, target, self.bounds)
         model_dtype = _model.compute_dtype(model, x)
         dtype = torch.promote_types(model_dtype, torch.float32)
+        self._check_representable(dtype)
         with _model.frozen(model), torch.enable_grad():
             xc = x.detach().to(dtype)
             problem = Problem(
