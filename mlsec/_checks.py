@@ -18,6 +18,16 @@ def check_count(name: str, value: object, low: int = 1) -> None:
         raise InputError(f"{name} must be an integer >= {low} (got {value!r})")
 
 
+# The largest seed torch.Generator.manual_seed takes as a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(value: object, name: str = "seed") -> None:
+    """Raise :class:`InputError` unless ``value`` is an integer seed in [0, 2**63 - 1]."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise InputError(f"{name} must be an integer in [0, 2**63 - 1] (got {value!r})")
+
+
 def check_number(name: str, value: object, *, zero: bool = False) -> None:
     """Raise :class:`InputError` unless ``value`` is a finite number > 0 (>= 0 with ``zero``)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

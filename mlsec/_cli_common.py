@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mlsec._text import printable
 from mlsec.errors import InputError
+from mlsec.loading import CLASS_MAP_NOTE, PICKLE_WARNING
 from mlsec.report import AuditReport
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "float_list",
     "percent",
     "positive_int",
+    "print_notes",
     "printable",
     "robust_cell",
     "robust_table",
@@ -112,6 +115,21 @@ def check_writable(option: str, path: Path, *, create_folders: bool = False) -> 
         raise InputError(f"{option}: {printable(folder)} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{option}: folder {printable(folder)} is not writable")
+
+
+def print_notes(console: Console, notes: list[str], *, quiet: bool) -> None:
+    """The loaders' notes, one line each: warnings and class mappings always, the rest unless quiet.
+
+    A pickle that ran is a warning; a class mapping decides what "correct" means, so ``-q`` does
+    not hide it. Names in the notes are shown with control characters escaped.
+    """
+    for note in notes:
+        shown = escape(printable(note))
+        # soft_wrap: one note, one line, whatever the width (CI logs are grepped)
+        if note == PICKLE_WARNING:
+            console.print(f"[bold yellow]warning:[/] {shown}", highlight=False, soft_wrap=True)
+        elif not quiet or note.startswith(CLASS_MAP_NOTE):
+            console.print(f"[dim]note:[/] {shown}", highlight=False, soft_wrap=True)
 
 
 def percent(value: float) -> str:

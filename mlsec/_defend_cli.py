@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from mlsec import zoo
-from mlsec._cli_common import check_writable, device_from, positive_int
+from mlsec._cli_common import check_writable, device_from, positive_int, print_notes
 from mlsec._files import write_atomic
 from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, Purifier, load_defense
 from mlsec.defenses.evaluate import evaluate_defense
 from mlsec.errors import InputError
-from mlsec.loading import PICKLE_WARNING, load_data, load_model
+from mlsec.loading import PICKLE_WARNING, image_folder_classes, load_data, load_model
 
 __all__ = ["add_parser", "audit_defense", "resolve_defense", "run"]
 
@@ -105,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     err = Console(stderr=True)
-    for note in notes:
-        err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    print_notes(err, notes, quiet=False)
     common: dict[str, Any] = {
         "batch_size": args.batch_size,
         "folder": str(args.run),
@@ -131,9 +130,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         model, _, model_notes = load_model(args.model or "mnist-cnn")
-        for note in model_notes:
-            if note == PICKLE_WARNING:
-                err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
+        print_notes(err, [n for n in model_notes if n == PICKLE_WARNING], quiet=True)
         ape = APEGAN(eps=0.3 if args.eps is None else args.eps, seed=args.seed)
         defense = ape.fit((x, y), model=model, epochs=args.epochs or 10, **common)
     defense.save(out)
@@ -153,6 +150,11 @@ def resolve_defense(spec: str) -> tuple[Purifier, str]:
     path = Path(spec)
     if path.is_file():
         return load_defense(path), path.name
+    if path.is_dir():
+        raise InputError(
+            f"--defense: {spec} is a folder; give the defense file in it, e.g. "
+            f"{path / 'defense.safetensors'}"
+        )
     raise InputError(
         f"--defense: {spec!r} is neither a bundled defense ({', '.join(zoo.list_defenses())}) "
         "nor a saved defense file"
@@ -203,11 +205,7 @@ def audit_defense(args: argparse.Namespace) -> int:
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     err = Console(stderr=True, no_color=args.no_color)
-    for note in [*model_notes, *data_notes]:
-        if note == PICKLE_WARNING:
-            err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
-        elif not args.quiet:
-            err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    print_notes(err, [*model_notes, *data_notes], quiet=args.quiet)
     if args.bounds is not None and tuple(args.bounds) != (0.0, 1.0):
         raise InputError("--bounds: the GAN purifiers work on images in [0, 1]")
     attacks = ["fgsm", "pgd", "apgd"]
@@ -234,6 +232,8 @@ def audit_defense(args: argparse.Namespace) -> int:
         data_name=data_name,
     )
     report.defense = label
+    if Path(args.data).is_dir():  # an image folder's labels decide what "correct" means
+        report.settings["data_classes"] = image_folder_classes(Path(args.data))
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
     if args.quiet:
         for e, acc in report.worst_non_adaptive.items():

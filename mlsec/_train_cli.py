@@ -16,21 +16,25 @@ from rich.markup import escape
 from torch import nn
 
 from mlsec import zoo
-from mlsec._cli_common import device_from, float_list, percent, robust_table
+from mlsec._cli_common import device_from, float_list, percent, print_notes, printable, robust_table
 from mlsec._files import write_atomic
 from mlsec.audit import audit
 from mlsec.defenses.training import (
     METHODS,
+    RUN_FILES,
     CatastrophicOverfittingWarning,
     TrainConfig,
     check_folder,
     save_weights,
 )
 from mlsec.errors import InputError
-from mlsec.loading import PICKLE_WARNING, apply_normalize, load_data, load_model, parse_normalize
+from mlsec.loading import apply_normalize, load_data, load_model, parse_normalize
 from mlsec.suite import load_suite
 
 __all__ = ["add_parser", "run"]
+
+# What the command writes into --out after training.
+_OUTPUTS = ("model.safetensors", "model.pt", "audit.json", "train.json")
 
 # Options that belong to some methods only, and the methods they belong to.
 _METHOD_OPTIONS = {
@@ -205,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out: folder {args.out.resolve().parent} does not exist")
     device = device_from(args.device)
 
-    check_folder(args.out, resume=args.resume)
+    # Before any work: the run's files, and the outputs written after training, are not folders.
+    check_folder(args.out, resume=args.resume, files=(*RUN_FILES, *_OUTPUTS))
     # Seeded before the model is built: a module:function model's initial weights are random.
     torch.manual_seed(args.seed)
     model, model_name, notes = load_model(
@@ -224,11 +229,7 @@ def run(args: argparse.Namespace) -> int:
     if args.normalize is not None:
         mean, std = parse_normalize(args.normalize)
         model = apply_normalize(model, mean, std, channels=x.shape[1])
-    for note in [*notes, *data_notes]:
-        if note == PICKLE_WARNING:
-            err.print(f"[bold yellow]warning:[/] {escape(note)}", highlight=False)
-        elif not args.quiet:
-            err.print(f"[dim]note:[/] {escape(note)}", highlight=False)
+    print_notes(err, [*notes, *data_notes], quiet=args.quiet)
     if held_out is None and not args.quiet:
         err.print(
             "[bold yellow]warning:[/] no held-out data (--val-split 0): nothing is evaluated "
@@ -238,8 +239,8 @@ def run(args: argparse.Namespace) -> int:
     model = model.to(device)
     if not args.quiet:
         err.print(
-            f"training {escape(model_name)} on {escape(data_name)} ({train_data[0].shape[0]} "
-            f"samples) with {method.name}: {escape(repr(method))}",
+            f"training {escape(printable(model_name))} on {escape(printable(data_name))} "
+            f"({train_data[0].shape[0]} samples) with {method.name}: {escape(repr(method))}",
             highlight=False,
         )
     start = time.perf_counter()

@@ -29,6 +29,7 @@ from mlsec._cli_common import (
     float_list,
     percent,
     positive_int,
+    print_notes,
     printable,
     robust_cell,
     robust_table,
@@ -37,8 +38,6 @@ from mlsec._files import write_atomic
 from mlsec.audit import audit
 from mlsec.errors import InputError
 from mlsec.loading import (
-    CLASS_MAP_NOTE,
-    PICKLE_WARNING,
     apply_normalize,
     image_folder_classes,
     load_data,
@@ -371,16 +370,8 @@ def _audit(args: argparse.Namespace) -> int:
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     err = Console(stderr=True, no_color=args.no_color)
-    for note in [*(n for _, _, notes in loaded for n in notes), *data_notes]:
-        # soft_wrap: one note, one line, whatever the width (CI logs are grepped)
-        if note == PICKLE_WARNING:
-            err.print(
-                f"[bold yellow]warning:[/] {escape(printable(note))}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        elif not args.quiet or note.startswith(CLASS_MAP_NOTE):
-            err.print(f"[dim]note:[/] {escape(printable(note))}", highlight=False, soft_wrap=True)
+    notes = [n for _, _, model_notes in loaded for n in model_notes]
+    print_notes(err, [*notes, *data_notes], quiet=args.quiet)
 
     reports = []
     written: list[Path] = []

@@ -918,6 +918,8 @@ def as_tensors(data: Any, option: str = "data") -> tuple[torch.Tensor, torch.Ten
             f"{option}: cannot turn the data into tensors ({type(error).__name__}: {error}); "
             "give tensors of equal shape, e.g. images after ToTensor()"
         ) from None
+    except (Exception, SystemExit) as error:  # a Dataset's own code may fail in any way
+        raise InputError(f"{option}: reading the data raised {_raised(error)}") from None
     if not x.is_floating_point():
         raise InputError(
             f"{option}: inputs must be floating point within the bounds (got {x.dtype}); "

@@ -225,8 +225,8 @@ def test_a_model_on_the_meta_device(
     ("options", "message"),
     [
         (["--eps", "1e39"], "eps 1e+39 overflows the model's float32"),
-        (["--seed", str(2**64)], "seed must lie in [0, 2**63 - 1]"),
-        (["--seed", "-1"], "seed must lie in [0, 2**63 - 1] (got -1)"),
+        (["--seed", str(2**64)], "seed must be an integer in [0, 2**63 - 1]"),
+        (["--seed", "-1"], "seed must be an integer in [0, 2**63 - 1] (got -1)"),
     ],
 )
 def test_numbers_the_run_cannot_hold(
@@ -237,3 +237,37 @@ def test_numbers_the_run_cannot_hold(
     err = _one_line(capsys.readouterr().err)
     assert code == 2, err
     assert message in err
+
+
+def test_a_dataset_that_raises_while_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = _module(
+        tmp_path,
+        """
+        import torch
+
+        class Flaky(torch.utils.data.Dataset):
+            def __len__(self):
+                return 10
+
+            def __getitem__(self, index):
+                if index == 7:
+                    raise KeyError(index)
+                return torch.zeros(1, 28, 28), 0
+
+        def load():
+            return Flaky()
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", "--model", "mnist-cnn", "--data", f"{name}:load", *FAST]) == 2
+    assert "--data: reading the data raised KeyError: 7" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64])
+def test_training_seeds_the_rng_cannot_take_are_refused(seed: int) -> None:
+    from mlsec.defenses.training import TrainConfig
+
+    with pytest.raises(mlsec.InputError, match=r"seed must be an integer in \[0, 2\*\*63 - 1\]"):
+        TrainConfig(seed=seed)

@@ -18,14 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlsec import _model
-from mlsec._checks import check_batch, check_labels
+from mlsec._checks import check_batch, check_labels, check_seed
 from mlsec.errors import InputError
 from mlsec.threat import LINF, Geometry, Norm, ThreatModel, geometry
 
 __all__ = ["Attack", "AttackResult", "Perturbation", "Problem", "examples_for_checked_data"]
-
-# The largest seed torch.Generator.manual_seed takes as a signed 64-bit integer.
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,10 +153,7 @@ class Attack(abc.ABC):
                 f"{type(self).__name__} supports norm {' and '.join(map(repr, self.norms))} "
                 f"(got {self.norm!r})"
             )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise InputError(f"seed must be an integer (got {self.seed!r})")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise InputError(f"seed must lie in [0, 2**63 - 1] (got {self.seed})")
+        check_seed(self.seed)
 
     def _check_representable(self, dtype: torch.dtype) -> None:
         """Raise :class:`InputError` if eps or the bounds overflow ``dtype`` (they would be inf)."""

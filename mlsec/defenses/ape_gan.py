@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from mlsec._checks import check_count, check_number
+from mlsec._checks import check_count, check_number, check_seed
 from mlsec.defenses import _gan_run as run
 from mlsec.defenses.base import Purifier, network_field
+from mlsec.defenses.training import fingerprint, module_fingerprint
 from mlsec.errors import InputError
 
 __all__ = ["APEGAN", "ape_discriminator", "ape_generator"]
@@ -99,6 +100,7 @@ class APEGAN(Purifier):
         for label in ("eps", "recon_weight", "adv_weight"):
             check_number(label, getattr(self, label), zero=True)
         check_number("lr", self.lr)
+        check_seed(self.seed)
         if self.recon_weight == 0 and self.adv_weight == 0:
             raise InputError("recon_weight and adv_weight are both 0: nothing to train on")
         if self.generator is not None and not isinstance(self.generator, nn.Module):
@@ -154,7 +156,20 @@ class APEGAN(Purifier):
             raise InputError(f"model must be a torch.nn.Module (got {type(model).__name__})")
         check_count("epochs", epochs)
         check_count("batch_size", batch_size)
-        folder_ = run.RunFolder(folder, resume=resume)
+        folder_ = run.RunFolder(
+            folder,
+            resume=resume,
+            defense=self.name,
+            settings={
+                "params": self.params(),
+                "fit": {"batch_size": batch_size},
+                # It learns to undo FGSM examples made against the classifier: those are its data.
+                "data": {
+                    "training data": fingerprint(x, y),
+                    "classifier": module_fingerprint(model),
+                },
+            },
+        )
         device = torch.device(device)
         x, y, model = x.to(device), y.to(device), model.to(device)
         fgsm = FGSM(eps=self.eps)
@@ -166,12 +181,17 @@ class APEGAN(Purifier):
         epoch, seconds = 0, 0.0
         saved = folder_.load()
         if saved is not None:
-            run.load_module("g", generator, saved)
-            run.load_module("d", critic, saved)
-            run.load_optimizer("g_opt", g_opt, saved)
-            run.load_optimizer("d_opt", d_opt, saved)
-            torch.set_rng_state(saved["rng"])
-            epoch, seconds = int(saved["epoch"]), float(saved["seconds"])
+            epoch, seconds = saved.restore(
+                networks={"g": generator, "d": critic},
+                optimizers={"g_opt": g_opt, "d_opt": d_opt},
+                counter="epoch",
+            )
+            if epoch > epochs:
+                raise InputError(
+                    f"--resume: the checkpoint in {folder} is at epoch {epoch}, past epochs "
+                    f"{epochs}; give epochs {epoch} or more (--epochs), or start a new run in "
+                    "another folder"
+                )
         clock = run.Clock(seconds)
         batches = -(-len(x) // batch_size)
         show = slice(0, 8)
@@ -237,12 +257,7 @@ class APEGAN(Purifier):
         """A fitted APEGAN from saved hyperparameters and ``generator.`` tensors."""
         defense = cls(**params)
         generator = ape_generator(defense.width)
-        try:
-            run.load_module("generator", generator, tensors)
-        except RuntimeError as error:
-            first = str(error).splitlines()[0]
-            raise InputError(
-                f"{source}: the generator weights do not fit width {defense.width}: {first}"
-            ) from None
+        where = f"{source}: the weights do not fit width {defense.width}"
+        run.load_networks({"generator": generator}, tensors, where)
         defense.generator = generator.eval().requires_grad_(False)
         return defense

@@ -133,36 +133,68 @@ def network_field() -> Any:
 
 
 def load_defense(path: str | Path) -> Purifier:
-    """A purifier saved by :meth:`Purifier.save`, fitted and ready (safetensors: no pickle)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    """A purifier saved by :meth:`Purifier.save`, fitted and ready (safetensors: no pickle).
 
+    Raises:
+        InputError: one line naming the file for a folder, a missing, truncated or corrupt file,
+            a file without a defense record or with a damaged one, an unknown defense, invalid
+            hyperparameters, or weights that do not fit them.
+
+    """
     from mlsec.defenses import PURIFIERS
+    from mlsec.defenses.training import META_KEY, read_safetensors
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(
+            f"{path} is a folder, not a defense file; give the .safetensors file in it"
+        )
     if not path.is_file():
         raise InputError(f"no defense file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(_META_KEY)
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as error:
-        raise InputError(f"cannot read defense file {path}: {error}") from None
+    tensors, metadata = read_safetensors(
+        path, "cannot read defense file", "save or train the defense again"
+    )
+    raw = metadata.get(_META_KEY)
     if raw is None:
-        raise InputError(f"{path} is not a saved mlsec defense (no {_META_KEY!r} metadata)")
+        # A run's checkpoint is the likeliest mix-up: the defense is written beside it.
+        hint = (
+            "a run's checkpoint is not a defense: use defense.safetensors beside it"
+            if META_KEY in metadata
+            else "give a file that mlsec defend train or Purifier.save wrote"
+        )
+        raise InputError(f"{path} is not a saved mlsec defense (no {_META_KEY!r} metadata); {hint}")
     try:
         record = json.loads(raw)
-        name, params = record["defense"], dict(record["params"])
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"{path}: its {_META_KEY!r} metadata is not valid JSON") from None
+    except ValueError:
+        record = None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("defense"), str)
+        or not isinstance(record.get("params"), dict)
+    ):
+        raise InputError(
+            f"{path}: its {_META_KEY!r} metadata is damaged (not a JSON object with a defense "
+            "name and params); save the defense again"
+        )
+    name, params = record["defense"], record["params"]
     if record.get("format") != _FORMAT:
-        raise InputError(f"{path}: defense file format {record.get('format')!r}, not {_FORMAT}")
+        raise InputError(
+            f"{path}: defense file format {record.get('format')!r}, not {_FORMAT}: another version "
+            "of mlsec wrote it; load it with that version"
+        )
     if name not in PURIFIERS:
         raise InputError(f"{path}: unknown defense {name!r}; known: {', '.join(sorted(PURIFIERS))}")
+    kind = PURIFIERS[name]
+    fields = dataclasses.fields(kind)  # type: ignore[arg-type]  # every purifier is a dataclass
+    known = {f.name for f in fields if not f.metadata.get("network")}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InputError(f"{path}: {name} has no hyperparameter {', '.join(map(repr, unknown))}")
     try:
-        return PURIFIERS[name].from_tensors(params, tensors, source=str(path))
-    except TypeError as error:
-        raise InputError(f"{path}: hyperparameters do not fit {name}: {error}") from None
+        kind(**params)  # the hyperparameters alone first, for a message that names the file
+    except InputError as error:
+        raise InputError(f"{path}: invalid {name} hyperparameters: {error}") from None
+    return kind.from_tensors(params, tensors, source=str(path))
 
 
 class PurifiedModel(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from mlsec._checks import check_count, check_number
+from mlsec._checks import MAX_SEED, check_count, check_number, check_seed
 from mlsec.defenses import _gan_run as run
 from mlsec.defenses.base import Purifier, network_field
 from mlsec.defenses.gan_networks import (
@@ -37,6 +37,7 @@ from mlsec.defenses.gan_networks import (
     mnist_generator,
     project,
 )
+from mlsec.defenses.training import fingerprint
 from mlsec.errors import InputError
 
 __all__ = ["DefenseGAN", "gradient_penalty"]
@@ -101,6 +102,7 @@ class DefenseGAN(Purifier):
         check_count("steps", self.steps)
         check_count("restarts", self.restarts)
         check_number("lr", self.lr)
+        check_seed(self.seed)
         if self.init not in _INITS:
             raise InputError(f"init must be one of {', '.join(_INITS)} (got {self.init!r})")
         if self.bpda not in _BPDA:
@@ -241,7 +243,23 @@ class DefenseGAN(Purifier):
         check_count("encoder_steps", encoder_steps, low=0)
         if not (penalty >= 0 and gan_lr > 0):
             raise InputError(f"need penalty >= 0 and gan_lr > 0 (got {penalty}, {gan_lr})")
-        folder_ = run.RunFolder(folder, resume=resume)
+        folder_ = run.RunFolder(
+            folder,
+            resume=resume,
+            defense=self.name,
+            settings={
+                # What the generator's training depends on; the projection's settings (steps,
+                # restarts, lr, init, bpda), every and encoder_steps may change on resume.
+                "params": {"latent": self.latent, "width": self.width, "seed": self.seed},
+                "fit": {
+                    "batch_size": batch_size,
+                    "critic_steps": critic_steps,
+                    "penalty": penalty,
+                    "gan_lr": gan_lr,
+                },
+                "data": {"training data": fingerprint(x)},
+            },
+        )
         device = torch.device(device)
         x = x.to(device)
         torch.manual_seed(self.seed)
@@ -253,13 +271,17 @@ class DefenseGAN(Purifier):
         step, seconds = 0, 0.0
         saved = folder_.load()
         if saved is not None:
-            run.load_module("g", generator, saved)
-            run.load_module("c", critic, saved)
-            run.load_optimizer("g_opt", g_opt, saved)
-            run.load_optimizer("c_opt", c_opt, saved)
-            torch.set_rng_state(saved["rng"])
-            step = int(saved["step"])
-            seconds = float(saved["seconds"]) if "seconds" in saved else 0.0
+            step, seconds = saved.restore(
+                networks={"g": generator, "c": critic},
+                optimizers={"g_opt": g_opt, "c_opt": c_opt},
+                counter="step",
+            )
+            if step > gan_steps:
+                raise InputError(
+                    f"--resume: the checkpoint in {folder} is at generator step {step}, past "
+                    f"gan_steps {gan_steps}; give gan_steps {step} or more (--gan-steps), or "
+                    "start a new run in another folder"
+                )
         clock = run.Clock(seconds)
         with run.progress_bar(
             gan_steps, min(step, gan_steps), "WGAN-GP", enabled=progress, console=console
@@ -329,7 +351,7 @@ class DefenseGAN(Purifier):
         generator = self.generator.eval()
         for p in generator.parameters():
             p.requires_grad_(False)
-        torch.manual_seed(self.seed + 1)
+        torch.manual_seed((self.seed + 1) % (MAX_SEED + 1))
         encoder = mnist_encoder(self.latent, self.width).to(x.device)
         optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3)
         with run.progress_bar(steps, 0, "encoder", enabled=progress, console=console) as advance:
@@ -355,21 +377,16 @@ class DefenseGAN(Purifier):
     ) -> DefenseGAN:
         """A fitted DefenseGAN from saved hyperparameters and its networks' tensors."""
         defense = cls(**params)
-        generator = mnist_generator(defense.latent, defense.width)
-        encoder = mnist_encoder(defense.latent, defense.width)
-        nets: dict[str, nn.Module] = {"generator": generator}
+        nets = {"generator": mnist_generator(defense.latent, defense.width)}
         if any(k.startswith("encoder.") for k in tensors):
-            nets["encoder"] = encoder
-        for prefix, network in nets.items():
-            try:
-                run.load_module(prefix, network, tensors)
-            except RuntimeError as error:
-                first = str(error).splitlines()[0]
-                raise InputError(
-                    f"{source}: the {prefix} weights do not fit latent {defense.latent}, width "
-                    f"{defense.width}: {first}"
-                ) from None
+            nets["encoder"] = mnist_encoder(defense.latent, defense.width)
+        run.load_networks(
+            nets,
+            tensors,
+            f"{source}: the weights do not fit latent {defense.latent}, width {defense.width}",
+        )
+        for network in nets.values():
             network.eval().requires_grad_(False)
-        defense.generator = generator
+        defense.generator = nets["generator"]
         defense.encoder = nets.get("encoder")
         return defense

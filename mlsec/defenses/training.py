@@ -6,7 +6,9 @@ Every method is a frozen dataclass of its hyperparameters behind the :class:`Def
 :class:`mlsec.attacks.PGD` (there is no second PGD), each epoch ends with clean and PGD accuracy on
 held-out data, and with a folder it appends one JSON line per epoch to ``log.jsonl`` and writes a
 checkpoint (weights, optimiser and RNG state, all safetensors, through a temporary file and a
-rename) from which ``resume=True`` continues exactly.
+rename) from which ``resume=True`` continues exactly. A checkpoint records the settings and a
+SHA-256 of the data it was made with; resuming with anything else, or from a damaged file, is an
+:class:`InputError` that says which.
 
 References:
     A. Madry, A. Makelov, L. Schmidt, D. Tsipras, A. Vladu. Towards Deep Learning Models Resistant
@@ -24,25 +26,28 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeGuard
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from mlsec import _model
-from mlsec._checks import check_batch, check_labels
+from mlsec._checks import MAX_SEED, check_batch, check_labels, check_seed
 from mlsec._files import write_atomic
 from mlsec.attacks.base import examples_for_checked_data
 from mlsec.attacks.pgd import PGD
@@ -68,7 +73,15 @@ __all__ = [
 CHECKPOINT = "checkpoint.safetensors"
 BEST = "best.safetensors"
 LOG = "log.jsonl"
-_FORMAT = "mlsec-train-checkpoint/1"
+RUN_FILES = (CHECKPOINT, LOG, BEST)
+
+# A run checkpoint's safetensors metadata key (a JSON object) and the formats, by the command that
+# writes each: a checkpoint handed to the other command is refused by name.
+META_KEY = "mlsec"
+TRAIN_FORMAT = "mlsec-train-checkpoint/2"
+GAN_FORMAT = "mlsec-gan-checkpoint/1"
+_WRITERS = {TRAIN_FORMAT: "mlsec train", GAN_FORMAT: "mlsec defend train"}
+_RETIRED = {"mlsec-train-checkpoint/1"}  # older mlsec train, which recorded no data fingerprint
 
 
 class CatastrophicOverfittingWarning(UserWarning):
@@ -78,11 +91,11 @@ class CatastrophicOverfittingWarning(UserWarning):
 # --- configuration -------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -162,8 +175,7 @@ class TrainConfig:
                 raise InputError(f"{name} must be an integer >= 1 (got {value!r})")
         if not _is_int(self.eps_ramp) or self.eps_ramp < 0:
             raise InputError(f"eps_ramp must be an integer >= 0 (got {self.eps_ramp!r})")
-        if not _is_int(self.seed):
-            raise InputError(f"seed must be an integer (got {self.seed!r})")
+        check_seed(self.seed)
         if self.optimizer not in ("sgd", "adam"):
             raise InputError(f"optimizer must be 'sgd' or 'adam' (got {self.optimizer!r})")
         if not _is_number(self.lr) or self.lr <= 0:
@@ -297,7 +309,8 @@ class AdversarialTraining(Defense):
                 epoch's ``best.safetensors`` go. A folder that already holds a checkpoint is
                 refused unless ``resume``.
             resume: continue from the folder's checkpoint, which must come from the same method,
-                config and model; the result equals an uninterrupted run's.
+                config, model and data (a SHA-256 of ``data`` and ``held_out`` is compared); the
+                result equals an uninterrupted run's.
             progress: show a rich progress bar and one line per epoch on ``console``.
             console: where progress goes (stderr by default).
             on_epoch: called with each epoch's record after its checkpoint is written.
@@ -364,9 +377,9 @@ class StandardTraining(AdversarialTraining):
 
 
 def _check_steps(steps: object, step_size: object) -> None:
-    if not _is_int(steps) or steps < 1:  # type: ignore[operator]
+    if not _is_int(steps) or steps < 1:
         raise InputError(f"steps must be an integer >= 1 (got {steps!r})")
-    if step_size is not None and (not _is_number(step_size) or step_size <= 0):  # type: ignore[operator]
+    if step_size is not None and (not _is_number(step_size) or step_size <= 0):
         raise InputError(f"step_size must be a number > 0 (got {step_size!r})")
 
 
@@ -498,10 +511,23 @@ METHODS: dict[str, type[AdversarialTraining]] = {
 # --- the loop ------------------------------------------------------------------------------------
 
 
-def check_folder(folder: Path, *, resume: bool) -> None:
-    """Raise :class:`InputError` unless ``folder`` can hold a new run, or a run to resume."""
+def check_folder(folder: Path, *, resume: bool, files: tuple[str, ...] = RUN_FILES) -> None:
+    """Raise :class:`InputError` unless ``folder`` can hold a new run, or a run to resume.
+
+    Args:
+        folder: the run's folder.
+        resume: whether the run continues from the folder's checkpoint.
+        files: the names of the files the run writes there, none of which may be a folder.
+
+    """
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} exists and is not a folder")
+    for name in files:
+        if (folder / name).is_dir():
+            raise InputError(
+                f"{folder / name} is a folder where the run keeps its {name} file; remove it or "
+                "choose another folder"
+            )
     checkpoint = folder / CHECKPOINT
     if resume and not checkpoint.exists():
         raise InputError(f"--resume: {folder} holds no {CHECKPOINT} to resume from")
@@ -520,6 +546,270 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage and non-contiguous tensors: copy what it would refuse.
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+# --- run files: what the checkpoints of mlsec train and mlsec defend train share -----------------
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 over the tensors' shapes, dtypes and values: which data a run was made with.
+
+    Example:
+        >>> a = torch.arange(4.0)
+        >>> fingerprint(a) == fingerprint(a.clone()), fingerprint(a) == fingerprint(a + 1)
+        (True, False)
+
+    """
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{tuple(tensor.shape)} {flat.dtype};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 over a module's state dict: names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(f"{name}={fingerprint(value)};".encode())
+    return digest.hexdigest()
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def damaged(path: Path, what: str) -> InputError:
+    """The error for a checkpoint that does not hold what mlsec wrote: ``what`` says where."""
+    return InputError(f"--resume: {path} is damaged ({what}); start a new run in another folder")
+
+
+def read_safetensors(
+    path: Path, label: str, advice: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata of a safetensors file; never unpickles.
+
+    Args:
+        path: the file.
+        label: what the file is, for the message, e.g. ``"--resume: cannot read"``.
+        advice: what to do instead, for the message.
+
+    Raises:
+        InputError: one line naming ``path`` for a folder, a missing, truncated or corrupt file.
+
+    """
+    try:
+        blob = path.read_bytes()
+        tensors = load_safetensors(blob)
+    except (OSError, SafetensorError, ValueError, RuntimeError) as error:
+        raise InputError(
+            f"{label} {path} ({_one_line(error)}): it is truncated or not a safetensors file; "
+            + advice
+        ) from None
+    # load() has checked the header: a JSON object whose "__metadata__" maps strings to strings.
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    return tensors, dict(header.get("__metadata__") or {})
+
+
+def read_checkpoint(path: Path, expected: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the ``mlsec`` metadata of a run checkpoint in format ``expected``.
+
+    Raises:
+        InputError: one line naming ``path`` for an unreadable file, one without mlsec's metadata
+            or with metadata that is not a JSON object, and a checkpoint of another command or an
+            older format.
+
+    """
+    tensors, metadata = read_safetensors(
+        path, "--resume: cannot read", "start a new run in another folder"
+    )
+    raw = metadata.get(META_KEY)
+    if raw is None:
+        raise InputError(
+            f"--resume: {path} holds no mlsec metadata (another program or an older mlsec wrote "
+            "it); start a new run in another folder"
+        )
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise damaged(path, "its mlsec metadata is not a JSON object")
+    found = meta.get("format")
+    if found != expected:
+        if isinstance(found, str) and found in _RETIRED:
+            raise InputError(
+                f"--resume: {path} was written by an older mlsec, which did not record the data it "
+                "was made with; start a new run in another folder"
+            )
+        if not isinstance(found, str) or found not in _WRITERS:
+            raise damaged(path, f"unknown checkpoint format {found!r}")
+        raise InputError(
+            f"--resume: {path} was written by {_WRITERS[found]}, not by {_WRITERS[expected]}; "
+            "start a new run in another folder"
+        )
+    return tensors, meta
+
+
+_ABSENT = object()
+
+
+def _show(value: object) -> str:
+    if value is _ABSENT:
+        return "missing"
+    return "none" if value is None else json.dumps(value)
+
+
+def _setting_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    differences = []
+    for key, value in current.items():
+        old = saved.get(key, _ABSENT)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            differences += [f"{key}.{d}" for d in _setting_differences(old, value)]
+        elif old != value:
+            differences.append(f"{key}: {_show(old)} in the checkpoint, {_show(value)} now")
+    return differences
+
+
+def check_same_run(path: Path, saved: object, current: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` unless a checkpoint's settings equal the run's.
+
+    Args:
+        path: the checkpoint, for the message.
+        saved: the settings the checkpoint recorded (JSON).
+        current: the run's settings (JSON values); its ``"data"`` maps names of the data (e.g.
+            ``"training data"``) to their :func:`fingerprint`, reported as ``NAME differs``.
+
+    """
+    if not isinstance(saved, Mapping):
+        raise damaged(path, "its settings are not a JSON object")
+    ours = {k: v for k, v in current.items() if k != "data"}
+    settings = _setting_differences(saved, ours)
+    saved_data = saved.get("data")
+    saved_data = saved_data if isinstance(saved_data, Mapping) else {}
+    data = [
+        f"{name} differs"
+        for name, h in current.get("data", {}).items()
+        if saved_data.get(name) != h
+    ]
+    if settings or data:
+        made = "other settings" if settings else "other data"
+        raise InputError(
+            f"--resume: the checkpoint in {path.parent} was made with {made} "
+            f"({'; '.join(settings + data)}); resume with the same settings and data, or start a "
+            "new run in another folder"
+        )
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def state_problem(
+    expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], prefix: str = ""
+) -> str | None:
+    """Why ``got`` does not load into a state dict like ``expected``, or None if it fits.
+
+    The first missing, unexpected, misshapen or mistyped tensor, named with ``prefix``.
+    """
+    for problem, keys in (
+        ("missing tensor", [k for k in expected if k not in got]),
+        ("unexpected tensor", sorted(k for k in got if k not in expected)),
+    ):
+        if keys:
+            more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+            return f"{problem} {prefix}{keys[0]}{more}"
+    for key, reference in expected.items():
+        value = got[key]
+        if value.shape != reference.shape:
+            return f"{prefix}{key} has shape {list(value.shape)}, not {list(reference.shape)}"
+        if value.dtype != reference.dtype:
+            return f"{prefix}{key} is {_dtype(value)}, not {_dtype(reference)}"
+    return None
+
+
+def optimizer_problem(
+    optimizer: torch.optim.Optimizer, state: Mapping[int, Mapping[str, Any]], prefix: str
+) -> str | None:
+    """Why ``state`` (per-parameter optimiser state by index) does not fit, or None if it does.
+
+    What a parameter's state holds is learnt from a probe: the same optimiser, one step on a
+    two-element parameter (a per-parameter buffer then has shape ``[2]``, a counter shape ``[]``).
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    probe_param = torch.zeros(2, requires_grad=True)
+    probe = type(optimizer)([probe_param], **optimizer.defaults)
+    probe_param.grad = torch.ones(2)
+    probe.step()
+    reference = probe.state[probe_param]
+    for index, entries in sorted(state.items()):
+        if not 0 <= index < len(params):
+            return f"optimiser state {prefix}.{index} for a parameter the model does not have"
+        if set(entries) != set(reference):
+            return (
+                f"optimiser state {prefix}.{index} holds {', '.join(sorted(entries)) or 'nothing'}"
+                f", not {', '.join(sorted(reference))}"
+            )
+        for name, value in entries.items():
+            ref, where = reference[name], f"{prefix}.{index}.{name}"
+            if not isinstance(ref, torch.Tensor):
+                if type(value) is not type(ref):
+                    return f"{where} is {type(value).__name__}, not {type(ref).__name__}"
+                continue
+            if not isinstance(value, torch.Tensor):
+                return f"{where} is not a tensor"
+            like = params[index] if ref.dim() else ref
+            if value.shape != like.shape:
+                return f"{where} has shape {list(value.shape)}, not {list(like.shape)}"
+            if value.dtype != like.dtype:
+                return f"{where} is {_dtype(value)}, not {_dtype(like)}"
+    return None
+
+
+def optimizer_state(
+    tensors: Mapping[str, torch.Tensor], prefix: str
+) -> tuple[dict[int, dict[str, Any]], list[str]]:
+    """Per-parameter optimiser state from ``PREFIX.INDEX.NAME`` tensors, and the malformed names."""
+    state: dict[int, dict[str, Any]] = {}
+    malformed = []
+    for key, value in tensors.items():
+        if key.startswith(prefix + "."):
+            parts = key.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdecimal() or not parts[2]:
+                malformed.append(key)
+                continue
+            state.setdefault(int(parts[1]), {})[parts[2]] = value
+    return state, malformed
+
+
+def rng_problem(name: str, value: torch.Tensor | None, device: str = "cpu") -> str | None:
+    """Why ``value`` is not a generator state for ``device``, or None if it is one."""
+    if value is None:
+        return f"missing tensor {name}"
+    scratch = torch.Generator(device=device)
+    if value.dtype != torch.uint8 or value.shape != scratch.get_state().shape:
+        return f"{name} is {_dtype(value)} of shape {list(value.shape)}, not a generator state"
+    try:
+        scratch.set_state(value)
+    except RuntimeError as error:
+        return f"{name}: {_one_line(error)}"
+    return None
+
+
+def count_problem(name: str, value: torch.Tensor | None, *, integer: bool) -> str | None:
+    """Why ``value`` is not one non-negative finite number (an integer if ``integer``), or None."""
+    if value is None:
+        return f"missing tensor {name}"
+    kind = "an integer" if integer else "a floating-point number"
+    is_integer = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    right_type = is_integer if integer else value.is_floating_point()
+    if value.numel() != 1 or not right_type:
+        return f"{name} is {_dtype(value)} of shape {list(value.shape)}, not {kind}"
+    number = value.item()
+    if not math.isfinite(number) or number < 0:
+        return f"{name} is {number}, not {kind} >= 0"
+    return None
 
 
 @dataclass
@@ -568,7 +858,16 @@ class _Run:
             "config": _jsonable(dataclasses.asdict(self.config)),
             "samples": int(self.x.shape[0]),
             "held_out": None if self.held is None else int(self.held[0].shape[0]),
+            "data": self.fingerprints,
         }
+
+    @cached_property
+    def fingerprints(self) -> dict[str, str]:
+        # Once per run: hashing the data costs about a second per 500 MB.
+        data = {"training data": fingerprint(self.x, self.y)}
+        if self.held is not None:
+            data["held-out data"] = fingerprint(*self.held)
+        return data
 
     def prepare_folder(self, resume: bool) -> None:
         assert isinstance(self.folder, Path)
@@ -601,70 +900,116 @@ class _Run:
             for i, cuda_state in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = cuda_state
         meta = {
-            "format": _FORMAT,
+            "format": TRAIN_FORMAT,
             "settings": self.settings(),
             "epoch": self.epoch,
             "step": self.step,
             "best_epoch": self.best_epoch,
             "collapsed": self.collapsed,
             "history": self.history,
-            "param_groups": state["param_groups"],
             "optimizer_scalars": scalars,
         }
         blob = save_safetensors(
-            {k: v.cpu() for k, v in tensors.items()}, metadata={"mlsec": json.dumps(meta)}
+            {k: v.cpu() for k, v in tensors.items()}, metadata={META_KEY: json.dumps(meta)}
         )
         write_atomic(self.folder / CHECKPOINT, blob)
 
     def restore(self, path: Path) -> None:
-        try:
-            blob = path.read_bytes()
-            tensors = load_safetensors(blob)
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as fh:
-                meta = json.loads((fh.metadata() or {})["mlsec"])
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise InputError(f"--resume: cannot read {path}: {error}") from None
-        if meta.get("format") != _FORMAT:
-            raise InputError(f"--resume: {path} is not an mlsec training checkpoint")
-        ours, theirs = self.settings(), meta["settings"]
-        if ours != theirs:
-            differ = [k for k in ours if ours[k] != theirs.get(k)]
-            detail = "; ".join(
-                f"{k}: {theirs.get(k)} in the checkpoint, {ours[k]} now" for k in differ
-            )
-            raise InputError(
-                f"--resume: the checkpoint in {path.parent} was made with other settings "
-                f"({detail}); resume with the same settings, or start a new run in another folder"
-            )
+        # Everything is checked before anything is set: a refused resume changes nothing.
+        tensors, meta = read_checkpoint(path, TRAIN_FORMAT)
+        check_same_run(path, meta.get("settings"), self.settings())
+        progress = self._progress(path, meta)
+        cuda = [k for k in sorted(tensors) if k.startswith("rng.cuda.") and k[9:].isdecimal()]
+        own = {"rng.torch", "rng.shuffle", *cuda}
+        stray = sorted(
+            k for k in tensors if k not in own and not k.startswith(("model.", "optimizer."))
+        )
+        if stray:
+            raise damaged(path, f"unexpected tensor {stray[0]}")
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        try:
-            self.model.load_state_dict(weights)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
+        problem = state_problem(self.model.state_dict(), weights, "model.")
+        if problem is not None:
             raise InputError(
-                f"--resume: the checkpoint does not fit this model ({first})"
-            ) from None
-        optimizer_state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                optimizer_state.setdefault(int(index), {})[name] = value
-        for index, entries in meta["optimizer_scalars"].items():
-            optimizer_state.setdefault(int(index), {}).update(entries)
+                f"--resume: {path} does not fit this model ({problem}); resume with the model the "
+                "run started with, or start a new run in another folder"
+            )
+        state, malformed = optimizer_state(tensors, "optimizer")
+        scalars = meta.get("optimizer_scalars", {})
+        if malformed:
+            raise damaged(path, f"unexpected tensor {malformed[0]}")
+        if not isinstance(scalars, dict) or not all(
+            k.isdecimal() and isinstance(v, dict) for k, v in scalars.items()
+        ):
+            raise damaged(path, "optimizer_scalars is not an object of objects")
+        for index, entries in scalars.items():
+            state.setdefault(int(index), {}).update(entries)
+        restore_cuda = bool(cuda) and torch.cuda.is_available()
+        restore_cuda = restore_cuda and len(cuda) == torch.cuda.device_count()
+        problems = [
+            optimizer_problem(self.optimizer, state, "optimizer"),
+            rng_problem("rng.torch", tensors.get("rng.torch")),
+            rng_problem("rng.shuffle", tensors.get("rng.shuffle")),
+            *[rng_problem(k, tensors[k], "cuda") for k in cuda if restore_cuda],
+        ]
+        problem = next((p for p in problems if p is not None), None)
+        if problem is not None:
+            raise damaged(path, problem)
+        self.model.load_state_dict(weights)
+        # The param groups stay as built: the settings match, and the schedule sets lr each step.
         self.optimizer.load_state_dict(
-            {"state": optimizer_state, "param_groups": meta["param_groups"]}
+            {"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]}
         )
         torch.set_rng_state(tensors["rng.torch"])
         self.shuffle.set_state(tensors["rng.shuffle"])
-        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
-        self.best_epoch = meta["best_epoch"]
-        self.collapsed = meta["collapsed"]
-        self.history = list(meta["history"])
+        if restore_cuda:
+            torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+        self.epoch, self.step, self.best_epoch, self.collapsed, self.history = progress
+
+    def _progress(
+        self, path: Path, meta: dict[str, Any]
+    ) -> tuple[int, int, int | None, int | None, list[dict[str, Any]]]:
+        """The checkpoint's epoch, step, best epoch, collapse epoch and history, checked."""
+        epoch, step, best, collapsed, history = (
+            meta.get(k) for k in ("epoch", "step", "best_epoch", "collapsed", "history")
+        )
+        if not _is_int(epoch) or not 0 <= epoch <= self.config.epochs:
+            raise damaged(path, f"epoch {epoch!r} is not an integer in [0, {self.config.epochs}]")
+        if not _is_int(step) or step != epoch * self.batches:
+            raise damaged(path, f"step {step!r}, not {epoch * self.batches} after epoch {epoch}")
+        if not isinstance(history, list) or len(history) != epoch:
+            raise damaged(path, f"the history is not a list of {epoch} epoch records")
+        for number, record in enumerate(history, 1):
+            problem = self._record_problem(record, number)
+            if problem is not None:
+                raise damaged(path, f"history record {number}: {problem}")
+        for name, value in (("best_epoch", best), ("collapsed", collapsed)):
+            if value is not None and (not _is_int(value) or not 1 <= value <= epoch):
+                raise damaged(path, f"{name} {value!r} is not an epoch in [1, {epoch}]")
+        if (best is None) != (self.held is None or epoch == 0) or (
+            collapsed is not None and best is None
+        ):
+            raise damaged(path, f"best_epoch {best!r} does not fit its history")
+        return epoch, step, best, collapsed, history
+
+    def _record_problem(self, record: object, number: int) -> str | None:
+        if not isinstance(record, dict):
+            return "not an object"
+        if record.get("epoch") != number:
+            return f"epoch {record.get('epoch')!r}, not {number}"
+        # The loss alone may be NaN or infinite: a diverged run's checkpoint is still its own.
+        loss = record.get("loss")
+        if not isinstance(loss, int | float) or isinstance(loss, bool):
+            return f"loss {loss!r} is not a number"
+        for key in ("train_accuracy", "eps", "lr", "seconds"):
+            if not _is_number(record.get(key)):
+                return f"{key} {record.get(key)!r} is not a number"
+        for key in ("clean_accuracy", "robust_accuracy"):
+            value = record.get(key)
+            if self.held is None and value is not None:
+                return f"{key} {value!r} without held-out data"
+            if self.held is not None and not (_is_number(value) and 0 <= value <= 1):
+                return f"{key} {value!r} is not a fraction"
+        return None
 
     # -- training
 
@@ -689,7 +1034,7 @@ class _Run:
                 group["lr"] = lr
             eps = self.eps_at(self.step)
             xb, yb = self.x[batch], self.y[batch]
-            seed = config.seed * 1_000_003 + self.step
+            seed = (config.seed * 1_000_003 + self.step) % (MAX_SEED + 1)
             loss, logits = method.training_loss(self.model, xb, yb, eps=eps, seed=seed)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -807,7 +1152,18 @@ class _Run:
     def _restore_best(self) -> int:
         assert self.best_epoch is not None
         if self.folder is not None:
-            self.model.load_state_dict(load_safetensors((self.folder / BEST).read_bytes()))
+            path = self.folder / BEST
+            advice = "the best epoch's weights are lost: train again in another folder"
+            weights, metadata = read_safetensors(path, "cannot read", advice)
+            problem = state_problem(self.model.state_dict(), weights)
+            if metadata.get("epoch") != str(self.best_epoch):
+                problem = f"it holds epoch {metadata.get('epoch')}, not the best epoch"
+            if problem is not None:
+                raise InputError(
+                    f"cannot restore the best epoch ({self.best_epoch}) from {path} ({problem}); "
+                    + advice
+                )
+            self.model.load_state_dict(weights)
         else:
             assert self.best_state is not None
             self.model.load_state_dict(self.best_state)
