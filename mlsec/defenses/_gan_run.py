@@ -172,7 +172,8 @@ class RunFolder:
         resume: continue from the folder's checkpoint.
         defense: the defense's name, recorded in the checkpoint.
         settings: what decides the run and must not change on resume (JSON values); its
-            ``"data"`` maps names of the data to their :func:`~mlsec.defenses.training.fingerprint`.
+            ``"data"`` maps names of the data to their hashes
+            (:func:`~mlsec.checkpoint.fingerprint_tensors`).
 
     """
 

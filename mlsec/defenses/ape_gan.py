@@ -25,9 +25,9 @@ from rich.console import Console
 from torch import nn
 
 from mlsec._checks import check_count, check_number, check_seed
+from mlsec.checkpoint import fingerprint_model, fingerprint_tensors
 from mlsec.defenses import _gan_run as run
 from mlsec.defenses.base import Purifier, network_field
-from mlsec.defenses.training import fingerprint, module_fingerprint
 from mlsec.errors import InputError
 
 __all__ = ["APEGAN", "ape_discriminator", "ape_generator"]
@@ -165,8 +165,8 @@ class APEGAN(Purifier):
                 "fit": {"batch_size": batch_size},
                 # It learns to undo FGSM examples made against the classifier: those are its data.
                 "data": {
-                    "training data": fingerprint(x, y),
-                    "classifier": module_fingerprint(model),
+                    "training data": fingerprint_tensors(x, y),
+                    "classifier": fingerprint_model(model),
                 },
             },
         )

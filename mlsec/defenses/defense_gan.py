@@ -28,6 +28,7 @@ from rich.console import Console
 from torch import nn
 
 from mlsec._checks import MAX_SEED, check_count, check_number, check_seed
+from mlsec.checkpoint import fingerprint_tensors
 from mlsec.defenses import _gan_run as run
 from mlsec.defenses.base import Purifier, network_field
 from mlsec.defenses.gan_networks import (
@@ -37,7 +38,6 @@ from mlsec.defenses.gan_networks import (
     mnist_generator,
     project,
 )
-from mlsec.defenses.training import fingerprint
 from mlsec.errors import InputError
 
 __all__ = ["DefenseGAN", "gradient_penalty"]
@@ -257,7 +257,7 @@ class DefenseGAN(Purifier):
                     "penalty": penalty,
                     "gan_lr": gan_lr,
                 },
-                "data": {"training data": fingerprint(x)},
+                "data": {"training data": fingerprint_tensors(x)},
             },
         )
         device = torch.device(device)

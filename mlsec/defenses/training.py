@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -51,6 +50,7 @@ from mlsec._checks import MAX_SEED, check_batch, check_labels, check_seed
 from mlsec._files import write_atomic
 from mlsec.attacks.base import examples_for_checked_data
 from mlsec.attacks.pgd import PGD
+from mlsec.checkpoint import fingerprint_tensors
 from mlsec.defenses.base import Defense
 from mlsec.errors import InputError
 from mlsec.loading import as_tensors
@@ -551,31 +551,6 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 # --- run files: what the checkpoints of mlsec train and mlsec defend train share -----------------
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    """SHA-256 over the tensors' shapes, dtypes and values: which data a run was made with.
-
-    Example:
-        >>> a = torch.arange(4.0)
-        >>> fingerprint(a) == fingerprint(a.clone()), fingerprint(a) == fingerprint(a + 1)
-        (True, False)
-
-    """
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{tuple(tensor.shape)} {flat.dtype};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 over a module's state dict: names, shapes, dtypes and values."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(f"{name}={fingerprint(value)};".encode())
-    return digest.hexdigest()
-
-
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
@@ -679,7 +654,8 @@ def check_same_run(path: Path, saved: object, current: Mapping[str, Any]) -> Non
         path: the checkpoint, for the message.
         saved: the settings the checkpoint recorded (JSON).
         current: the run's settings (JSON values); its ``"data"`` maps names of the data (e.g.
-            ``"training data"``) to their :func:`fingerprint`, reported as ``NAME differs``.
+            ``"training data"``) to their hashes (:func:`mlsec.checkpoint.fingerprint_tensors`),
+            reported as ``NAME differs``.
 
     """
     if not isinstance(saved, Mapping):
@@ -864,9 +840,9 @@ class _Run:
     @cached_property
     def fingerprints(self) -> dict[str, str]:
         # Once per run: hashing the data costs about a second per 500 MB.
-        data = {"training data": fingerprint(self.x, self.y)}
+        data = {"training data": fingerprint_tensors(self.x, self.y)}
         if self.held is not None:
-            data["held-out data"] = fingerprint(*self.held)
+            data["held-out data"] = fingerprint_tensors(*self.held)
         return data
 
     def prepare_folder(self, resume: bool) -> None:
