@@ -141,35 +141,33 @@ def _pickled_sample_inputs(honest: Path, marker: Path, target: Path) -> Path:
     )
 
 
-def _opaque_object_constant(honest: Path, marker: Path, target: Path) -> Path:
-    def edit(config: Any) -> None:
-        config["config"]["evil"] = {
-            "path_name": "opaque_obj_0",
-            "is_param": False,
-            "use_pickle": True,
-            "tensor_meta": None,
-        }
+def _constant_entry(path_name: str, payload: bytes) -> Callable[[Path, Path], Path]:
+    """A builder adding a constant ``evil`` marked as pickled, stored as ``path_name``."""
 
-    top = zipfile.ZipFile(honest).namelist()[0].partition("/")[0]
-    change = _json_change("data/constants/model_constants_config.json", edit)
-    evil = pickle.dumps(_MkdirOnLoad(marker))
-    return _rewrite(honest, target, change, {f"{top}/data/constants/opaque_obj_0": evil})
+    def build(honest: Path, target: Path) -> Path:
+        def edit(config: Any) -> None:
+            config["config"]["evil"] = {
+                "path_name": path_name,
+                "is_param": False,
+                "use_pickle": True,
+                "tensor_meta": None,
+            }
+
+        top = zipfile.ZipFile(honest).namelist()[0].partition("/")[0]
+        change = _json_change("data/constants/model_constants_config.json", edit)
+        return _rewrite(honest, target, change, {f"{top}/data/constants/{path_name}": payload})
+
+    return build
+
+
+def _opaque_object_constant(honest: Path, marker: Path, target: Path) -> Path:
+    """An opaque object constant: PyTorch loads it with plain pickle.loads."""
+    return _constant_entry("opaque_obj_0", pickle.dumps(_MkdirOnLoad(marker)))(honest, target)
 
 
 def _pickled_constant(honest: Path, marker: Path, target: Path) -> Path:
-    def edit(config: Any) -> None:
-        config["config"]["evil"] = {
-            "path_name": "tensor_9",
-            "is_param": False,
-            "use_pickle": True,
-            "tensor_meta": None,
-        }
-
-    top = zipfile.ZipFile(honest).namelist()[0].partition("/")[0]
-    change = _json_change("data/constants/model_constants_config.json", edit)
-    return _rewrite(
-        honest, target, change, {f"{top}/data/constants/tensor_9": _evil_pickle(marker)}
-    )
+    """A tensor constant marked as pickled: PyTorch loads it with weights_only=False."""
+    return _constant_entry("tensor_9", _evil_pickle(marker))(honest, target)
 
 
 def _guard_code(honest: Path, marker: Path, target: Path) -> Path:

@@ -489,7 +489,7 @@ def test_defend_resume_refuses_fewer_steps_than_done(
     run = gan_runs["defense-gan"]
     assert main([*defend_argv("defense-gan", run, gan_steps="1"), "--resume"]) == 2
     err = one_line_error(capsys)
-    assert f"the checkpoint in {run} is at generator step 2, past gan_steps 1" in err
+    assert f"the checkpoint in {run} is at step 2, past gan_steps 1" in err
 
 
 def test_defend_resume_refuses_a_checkpoint_of_another_run(

@@ -120,6 +120,8 @@ class SavedRun:
         networks: Mapping[str, nn.Module],
         optimizers: Mapping[str, torch.optim.Optimizer],
         counter: str,
+        total: int,
+        limit: str,
     ) -> tuple[int, float]:
         """Load the networks, the optimisers' state and the global RNG; checked, then set.
 
@@ -127,6 +129,8 @@ class SavedRun:
             networks: the freshly built networks by prefix (``g.KEY`` tensors for ``"g"``).
             optimizers: their optimisers by prefix (``g_opt.INDEX.NAME`` tensors).
             counter: the name of the progress tensor (``"step"``, ``"epoch"``).
+            total: the run's total of ``counter``; a checkpoint past it is refused.
+            limit: the setting that sets ``total`` and its option, e.g. ``"epochs (--epochs)"``.
 
         Returns:
             The progress count and the seconds of training so far.
@@ -160,8 +164,16 @@ class SavedRun:
             # The param groups stay as built: the settings that make them are checked equal.
             groups = optimizer.state_dict()["param_groups"]
             optimizer.load_state_dict({"state": states[name], "param_groups": groups})
+        done = int(tensors[counter].item())
+        if done > total:
+            setting, _, option = limit.partition(" ")
+            raise InputError(
+                f"--resume: the checkpoint in {path.parent} is at {counter} {done}, past "
+                f"{setting} {total}; give {setting} {done} or more {option}, or start a new run "
+                "in another folder"
+            )
         torch.set_rng_state(tensors["rng"])
-        return int(tensors[counter].item()), float(tensors["seconds"].item())
+        return done, float(tensors["seconds"].item())
 
 
 class RunFolder:

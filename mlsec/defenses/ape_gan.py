@@ -185,13 +185,9 @@ class APEGAN(Purifier):
                 networks={"g": generator, "d": critic},
                 optimizers={"g_opt": g_opt, "d_opt": d_opt},
                 counter="epoch",
+                total=epochs,
+                limit="epochs (--epochs)",
             )
-            if epoch > epochs:
-                raise InputError(
-                    f"--resume: the checkpoint in {folder} is at epoch {epoch}, past epochs "
-                    f"{epochs}; give epochs {epoch} or more (--epochs), or start a new run in "
-                    "another folder"
-                )
         clock = run.Clock(seconds)
         batches = -(-len(x) // batch_size)
         show = slice(0, 8)

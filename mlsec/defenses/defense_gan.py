@@ -275,13 +275,9 @@ class DefenseGAN(Purifier):
                 networks={"g": generator, "c": critic},
                 optimizers={"g_opt": g_opt, "c_opt": c_opt},
                 counter="step",
+                total=gan_steps,
+                limit="gan_steps (--gan-steps)",
             )
-            if step > gan_steps:
-                raise InputError(
-                    f"--resume: the checkpoint in {folder} is at generator step {step}, past "
-                    f"gan_steps {gan_steps}; give gan_steps {step} or more (--gan-steps), or "
-                    "start a new run in another folder"
-                )
         clock = run.Clock(seconds)
         with run.progress_bar(
             gan_steps, min(step, gan_steps), "WGAN-GP", enabled=progress, console=console
