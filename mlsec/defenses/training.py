@@ -697,11 +697,18 @@ def state_problem(
             more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
             return f"{problem} {prefix}{keys[0]}{more}"
     for key, reference in expected.items():
-        value = got[key]
-        if value.shape != reference.shape:
-            return f"{prefix}{key} has shape {list(value.shape)}, not {list(reference.shape)}"
-        if value.dtype != reference.dtype:
-            return f"{prefix}{key} is {_dtype(value)}, not {_dtype(reference)}"
+        mismatch = _mismatch(f"{prefix}{key}", got[key], reference)
+        if mismatch is not None:
+            return mismatch
+    return None
+
+
+def _mismatch(where: str, value: torch.Tensor, like: torch.Tensor) -> str | None:
+    """Why ``value`` cannot stand in for ``like`` (shape, then dtype), or None."""
+    if value.shape != like.shape:
+        return f"{where} has shape {list(value.shape)}, not {list(like.shape)}"
+    if value.dtype != like.dtype:
+        return f"{where} is {_dtype(value)}, not {_dtype(like)}"
     return None
 
 
@@ -735,11 +742,9 @@ def optimizer_problem(
                 continue
             if not isinstance(value, torch.Tensor):
                 return f"{where} is not a tensor"
-            like = params[index] if ref.dim() else ref
-            if value.shape != like.shape:
-                return f"{where} has shape {list(value.shape)}, not {list(like.shape)}"
-            if value.dtype != like.dtype:
-                return f"{where} is {_dtype(value)}, not {_dtype(like)}"
+            problem = _mismatch(where, value, params[index] if ref.dim() else ref)
+            if problem is not None:
+                return problem
     return None
 
 
