@@ -72,7 +72,7 @@ def _mlsec(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Te
 def _components(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Each attack of the standard suite alone, on every sample: the chain must beat them all."""
     accuracies = {}
-    for entry in mlsec.suite.load_suite("standard").entries:
+    for entry in mlsec.auditing.suite.load_suite("standard").entries:
         attack = dataclasses.replace(entry.attack, eps=EPS)
         start = time.perf_counter()
         accuracy = float((~attack.run(model, x, y).success).float().mean())

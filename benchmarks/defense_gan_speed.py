@@ -44,7 +44,7 @@ from attack_speed import device_name, median_seconds, synchronize
 import mlsec
 from mlsec.attacks import FGSM
 from mlsec.defenses import DefenseGAN
-from mlsec.defenses.gan_networks import project
+from mlsec.defenses.purifiers.networks import project
 
 
 def timed(

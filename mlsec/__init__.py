@@ -8,15 +8,16 @@ Example:
 
 """
 
-from mlsec import attacks, datasets, defenses, testing, zoo
+from mlsec import attacks, datasets, defenses, reports, testing, zoo
 from mlsec.attacks import Attack, AttackResult
-from mlsec.audit import audit
+from mlsec.auditing.report import AuditReport
+from mlsec.auditing.run import audit
+from mlsec.core.normalize import Normalized
+from mlsec.core.threat import ThreatModel
+from mlsec.core.version import VERSION
 from mlsec.errors import InputError
-from mlsec.normalize import Normalized
-from mlsec.report import AuditReport
-from mlsec.threat import ThreatModel
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Attack",

@@ -10,5 +10,19 @@ from __future__ import annotations
 class InputError(ValueError):
     """Bad input: wrong shapes, labels out of range, a module that does not import, ...
 
-    The message says what was wrong and how to fix it, in one line.
+    The message says what was wrong and how to fix it, in one line, in the library's terms.
+    ``subject`` names the argument at fault as the library calls it (``"checkpoint"``,
+    ``"eps"``); the message then reads ``"checkpoint: ..."``, and the command line shows its
+    own flag instead (``"--checkpoint: ..."``).
+
+    Example:
+        >>> error = InputError("the folder holds another audit", subject="checkpoint")
+        >>> str(error), error.subject, error.detail
+        ('checkpoint: the folder holds another audit', 'checkpoint', 'the folder holds another audit')
+
     """
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        super().__init__(f"{subject}: {message}" if subject else message)
+        self.subject = subject
+        self.detail = message

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from mlsec.attacks import create
-from mlsec.audit import audit
-from mlsec.report import AuditReport
-from mlsec.suite import Suite, SuiteEntry
+from mlsec.auditing.report import AuditReport
+from mlsec.auditing.run import audit
+from mlsec.auditing.suite import Suite, SuiteEntry
 
 __all__ = ["assert_robust"]
 

@@ -19,8 +19,8 @@ from torch import nn
 import mlsec
 from mlsec.attacks import FGSM, ARTAttack
 from mlsec.attacks.art import _gradient_free, art_attack_names
+from mlsec.auditing.suite import load_suite
 from mlsec.errors import InputError
-from mlsec.suite import load_suite
 
 
 def art_classifier(model: nn.Module) -> PyTorchClassifier:

@@ -13,11 +13,11 @@ from torch import nn
 
 import mlsec
 from mlsec.attacks import FGSM, PGD
-from mlsec.checkpoint import Checkpoint
+from mlsec.auditing.resume import Checkpoint
+from mlsec.auditing.suite import Suite, SuiteEntry
+from mlsec.auditing.thresholds import parse_thresholds
 from mlsec.errors import InputError
-from mlsec.suite import Suite, SuiteEntry
 from mlsec.testing import assert_robust
-from mlsec.thresholds import parse_thresholds
 
 Data = tuple[torch.Tensor, torch.Tensor]
 # Deterministic attacks: their result for a sample does not depend on which other samples share
@@ -212,7 +212,7 @@ def test_checkpoint_replays_without_attacking(
 
 def test_checkpoint_discards_a_torn_last_line(tmp_path: Path) -> None:
     store = Checkpoint(tmp_path, {"model": "m"})
-    from mlsec.checkpoint import BatchRecord
+    from mlsec.auditing.resume import BatchRecord
 
     store.append(BatchRecord(stage=0, batch=0, indices=[1, 2], broken=[2], seconds=0.1))
     with (tmp_path / "batches.jsonl").open("ab") as fh:

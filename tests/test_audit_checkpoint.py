@@ -20,14 +20,13 @@ import torch
 from torch import nn
 
 import mlsec
-from mlsec.checkpoint import (
+from mlsec.auditing.resume import (
     FORMAT,
     BatchRecord,
     Checkpoint,
-    fingerprint_code,
-    fingerprint_model,
 )
 from mlsec.cli import main
+from mlsec.core.fingerprint import fingerprint_code, fingerprint_model
 from mlsec.errors import InputError
 
 ARGV = [
@@ -250,7 +249,7 @@ class Scale(nn.Module):
 def test_code_fingerprint_of_torchscript_and_exported_programs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlsec.loading import _ExportedModel
+    from mlsec.io.loading import _ExportedModel
 
     sample = torch.zeros(2, 3)
     # The same class name in two files: what differs is only the code TorchScript or fx keeps.
@@ -565,7 +564,7 @@ def test_failed_first_write_is_refused(
     def fail(path: Path, data: str | bytes) -> None:
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr("mlsec.checkpoint.write_atomic", fail)
+    monkeypatch.setattr("mlsec.auditing.resume.write_atomic", fail)
     forbid_attacks()
     line = refusal(tmp_path / "ck", capsys)
     assert f"cannot write {tmp_path / 'ck' / 'meta.json'} (Read-only file system)" in line

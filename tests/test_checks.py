@@ -10,7 +10,7 @@ from torch import nn
 
 import mlsec
 from mlsec.attacks import FGSM, PGD, Attack, Perturbation, Problem
-from mlsec.suite import Suite, SuiteEntry
+from mlsec.auditing.suite import Suite, SuiteEntry
 
 Data = tuple[torch.Tensor, torch.Tensor]
 

@@ -14,9 +14,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import mlsec
-from mlsec import _files
+from mlsec.auditing.report import AuditReport
 from mlsec.cli import main
-from mlsec.report import AuditReport
+from mlsec.core import files as _files
 
 TINY = [
     "--limit", "40", "--attacks", "fgsm", "--eps", "0.1", "--no-checks", "--no-progress",
@@ -61,7 +61,7 @@ def _no_attack(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> AuditReport:
         raise AssertionError("the audit ran")
 
-    monkeypatch.setattr("mlsec.cli.audit", fail)
+    monkeypatch.setattr("mlsec.cli.app.audit", fail)
 
 
 # --- A. image folders with numbered classes ------------------------------------------------------
@@ -253,7 +253,7 @@ def test_interrupt_exits_130(
     def interrupted(*args: object, **kwargs: object) -> AuditReport:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mlsec.cli.audit", interrupted)
+    monkeypatch.setattr("mlsec.cli.app.audit", interrupted)
     assert run_cli(ONE) == 130
     _one_line_error(capsys, "mlsec: interrupted")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mlsec.auditing.suite import load_suite
 from mlsec.cli import main
-from mlsec.suite import load_suite
 
 QUICK = [
     "audit",

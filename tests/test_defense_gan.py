@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlsec.defenses.gan_networks import load_generator, mnist_generator, project, save_generator
+from mlsec.defenses.purifiers.networks import (
+    load_generator,
+    mnist_generator,
+    project,
+    save_generator,
+)
 from mlsec.errors import InputError
 
 

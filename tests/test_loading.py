@@ -20,9 +20,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 import mlsec
-from mlsec._model import frozen
+from mlsec.core.model import frozen
 from mlsec.errors import InputError
-from mlsec.loading import (
+from mlsec.io.loading import (
     CLASS_MAP_NOTE,
     PICKLE_WARNING,
     apply_normalize,

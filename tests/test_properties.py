@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mlsec.attacks import FGSM, PGD, Attack
-from mlsec.threat import Norm
+from mlsec.core.threat import Norm
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 NORMS: tuple[Norm, ...] = ("linf", "l2")

@@ -12,11 +12,11 @@ from PIL import Image
 
 import mlsec
 from mlsec.attacks import FGSM
+from mlsec.auditing.defended import evaluate_defense, worst_cases
 from mlsec.cli import main
 from mlsec.defenses import APEGAN, DefenseGAN, PurifiedModel, load_defense
-from mlsec.defenses.ape_gan import ape_generator
-from mlsec.defenses.evaluate import evaluate_defense, worst_cases
-from mlsec.defenses.gan_networks import mnist_encoder, mnist_generator
+from mlsec.defenses.purifiers.ape_gan import ape_generator
+from mlsec.defenses.purifiers.networks import mnist_encoder, mnist_generator
 from mlsec.errors import InputError
 
 WEIGHTS = Path(mlsec.__file__).parent / "zoo" / "weights"

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import mlsec
-from mlsec.report import AttackOutcome, AuditReport, Example, ThresholdResult
+from mlsec.auditing.report import AttackOutcome, AuditReport, Example, ThresholdResult
 from mlsec.reports.html import WORST_CASE_COLOR
 
 HOSTILE_NAME = '<script>alert(1)</script> & "quotes"'

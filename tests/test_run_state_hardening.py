@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save
 import mlsec
 from mlsec.cli import main
 from mlsec.defenses import APEGAN, DefenseGAN
-from mlsec.defenses.ape_gan import ape_generator
-from mlsec.defenses.gan_networks import mnist_generator
+from mlsec.defenses.purifiers.ape_gan import ape_generator
+from mlsec.defenses.purifiers.networks import mnist_generator
 from mlsec.errors import InputError
 
 ARCH = "mlsec.zoo.architectures:mnist_cnn"

@@ -158,7 +158,7 @@ def test_the_audit_warns_when_square_beats_the_gradient_attacks(
 ) -> None:
     x, y = mnist[0][:60], mnist[1][:60]
     masked = StepMask(cnn).eval()
-    suite = mlsec.suite.Suite.from_attacks(["pgd", "square"]).with_overrides(
+    suite = mlsec.auditing.suite.Suite.from_attacks(["pgd", "square"]).with_overrides(
         eps=[0.3], params={"steps": 10, "queries": 300}
     )
     report = mlsec.audit(masked, (x, y), suite=suite)
@@ -171,7 +171,7 @@ def test_the_audit_warns_when_square_beats_the_gradient_attacks(
 
 
 def test_standard_suite_is_autoattacks_chain() -> None:
-    suite = mlsec.suite.load_suite("standard")
+    suite = mlsec.auditing.suite.load_suite("standard")
     params = [(e.label, e.attack.name) for e in suite.entries]
     assert params == [("apgd", "apgd"), ("apgd-t", "apgd-t"), ("square", "square")]
     apgd, apgd_t, square = (e.attack for e in suite.entries)
@@ -186,7 +186,7 @@ def test_standard_suite_worst_case_is_at_most_each_component(mnist: Data) -> Non
     # (python benchmarks/autoattack.py --n 500 --only mlsec --components).
     x, y = mnist[0][:100], mnist[1][:100]
     robust = mlsec.zoo.load("mnist-cnn-pgd")
-    suite = mlsec.suite.load_suite("standard").with_overrides(
+    suite = mlsec.auditing.suite.load_suite("standard").with_overrides(
         eps=[0.3], params={"queries": 1000, "targets": 3}
     )
     report = mlsec.audit(robust, (x, y), suite=suite, sanity_checks=False)

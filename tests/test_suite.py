@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mlsec.attacks import APGD, APGDDLR, APGDT, FGSM, PGD, Square
+from mlsec.auditing.suite import BUILTIN_SUITES, load_suite, parse_eps
 from mlsec.errors import InputError
-from mlsec.suite import BUILTIN_SUITES, load_suite, parse_eps
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
+from mlsec.core.validation import check_count
 from mlsec.errors import InputError
 
 __all__ = ["BPDA", "EOT"]

@@ -22,9 +22,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
+from mlsec.core.validation import check_count
 from mlsec.errors import InputError
 
 __all__ = ["APGD", "APGDDLR", "APGDT", "checkpoints", "dlr_loss"]

@@ -34,8 +34,8 @@ from torch import nn
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
+from mlsec.core.threat import Norm
 from mlsec.errors import InputError
-from mlsec.threat import Norm
 
 __all__ = [
     "ARTAttack",

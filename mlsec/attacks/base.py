@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsec import _model
-from mlsec._checks import check_batch, check_labels, check_seed
+from mlsec.core import model as _model
+from mlsec.core.threat import LINF, Geometry, Norm, ThreatModel, geometry
+from mlsec.core.validation import check_batch, check_labels, check_seed
 from mlsec.errors import InputError
-from mlsec.threat import LINF, Geometry, Norm, ThreatModel, geometry
 
 __all__ = ["Attack", "AttackResult", "Perturbation", "Problem", "examples_for_checked_data"]
 

@@ -15,11 +15,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
+from mlsec.core.threat import LINF
+from mlsec.core.validation import check_count
 from mlsec.errors import InputError
-from mlsec.threat import LINF
 
 __all__ = ["PGD", "projected_gradient_ascent"]
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from mlsec._checks import check_count
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
+from mlsec.core.threat import LINF
+from mlsec.core.validation import check_count
 from mlsec.errors import InputError
-from mlsec.threat import LINF
 
 __all__ = ["Square", "square_bump", "square_fraction"]
 

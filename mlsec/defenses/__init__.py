@@ -3,9 +3,9 @@
 Purifiers: Defense-GAN, APE-GAN. Adversarial training: PGD-AT, Fast-AT, TRADES.
 """
 
-from mlsec.defenses.ape_gan import APEGAN
 from mlsec.defenses.base import Defense, PurifiedModel, Purifier, load_defense
-from mlsec.defenses.defense_gan import DefenseGAN
+from mlsec.defenses.purifiers.ape_gan import APEGAN
+from mlsec.defenses.purifiers.defense_gan import DefenseGAN
 from mlsec.defenses.training import (
     TRADES,
     AdversarialTraining,

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
-from mlsec._files import write_atomic
 from mlsec.attacks.adaptive import BPDA
+from mlsec.core.files import write_atomic
 from mlsec.errors import InputError
 
 __all__ = ["Defense", "PurifiedModel", "Purifier", "load_defense"]
@@ -118,7 +118,7 @@ class Purifier(Defense):
 
     def save(self, path: str | Path) -> None:
         """Write the networks to one safetensors file, with the hyperparameters as JSON metadata."""
-        from mlsec.defenses._gan_run import module_tensors
+        from mlsec.defenses.purifiers.run import module_tensors
 
         tensors: dict[str, torch.Tensor] = {}
         for name, network in self.networks().items():

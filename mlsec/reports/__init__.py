@@ -1,7 +1,7 @@
-"""Renderers of an :class:`~mlsec.report.AuditReport`: Markdown, self-contained HTML, JUnit XML.
+"""Renderers of an :class:`~mlsec.auditing.report.AuditReport`: Markdown, self-contained HTML, JUnit XML.
 
-Each is a function from a report to text; :meth:`~mlsec.report.AuditReport.to_markdown`,
-:meth:`~mlsec.report.AuditReport.to_html` and :meth:`~mlsec.report.AuditReport.to_junit` call them.
+Each is a function from a report to text; :meth:`~mlsec.auditing.report.AuditReport.to_markdown`,
+:meth:`~mlsec.auditing.report.AuditReport.to_html` and :meth:`~mlsec.auditing.report.AuditReport.to_junit` call them.
 """
 
 from mlsec.reports.html import render_html

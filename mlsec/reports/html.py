@@ -20,14 +20,11 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import TYPE_CHECKING
 
 import torch
 
+from mlsec.auditing.report import FORMATS, AuditReport, Example
 from mlsec.reports.markdown import eps_label, percent, requirement, seconds_label
-
-if TYPE_CHECKING:
-    from mlsec.report import AuditReport, Example
 
 __all__ = ["WORST_CASE_COLOR", "png_bytes", "render_html"]
 
@@ -74,6 +71,7 @@ pre { background: #f6f8fa; padding: 0.8rem; overflow-x: auto; border: 1px solid 
 """
 
 
+@FORMATS.register("html")
 def render_html(report: AuditReport) -> str:
     """The report as one self-contained HTML page.
 

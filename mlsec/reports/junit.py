@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING
 
+from mlsec.auditing.report import FORMATS, AuditReport
 from mlsec.reports.markdown import render_markdown
-
-if TYPE_CHECKING:
-    from mlsec.report import AuditReport
 
 __all__ = ["render_junit"]
 
@@ -26,6 +23,7 @@ def _xml(text: str) -> str:
     return _NOT_XML.sub("\ufffd", str(text))
 
 
+@FORMATS.register("junit")
 def render_junit(report: AuditReport) -> str:
     """The report as JUnit XML.
 

@@ -6,10 +6,7 @@ by the HTML and JUnit renderers, so every form of the report prints the same num
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mlsec.report import AuditReport, ThresholdResult
+from mlsec.auditing.report import FORMATS, AuditReport, ThresholdResult
 
 __all__ = ["eps_label", "escape", "percent", "render_markdown", "requirement", "seconds_label"]
 
@@ -65,6 +62,7 @@ def escape(text: str) -> str:
     return "".join("\\" + char if char in _SPECIAL else char for char in one_line)
 
 
+@FORMATS.register("markdown")
 def render_markdown(report: AuditReport) -> str:
     """The report as GitHub-flavoured Markdown.
 

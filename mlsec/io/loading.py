@@ -32,19 +32,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from mlsec import datasets, zoo
-from mlsec._archives import (
+from mlsec.core.data import as_tensors
+from mlsec.core.model import check_materialized
+from mlsec.core.normalize import Normalized
+from mlsec.core.text import error_line, raised_by
+from mlsec.errors import InputError
+from mlsec.io.archives import (
     check_export_archive,
     check_export_graph,
     check_torch_zip,
     check_torchscript_archive,
     export_layout,
 )
-from mlsec._model import check_materialized
-from mlsec.errors import InputError
-from mlsec.normalize import Normalized
 
 __all__ = [
     "CLASS_MAP_NOTE",
@@ -75,7 +76,6 @@ _PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "PPM", "TIFF", "WEBP")
 _PIL_GRAY = frozenset({"L", "1"})
 _PIL_UNSUPPORTED = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # How torch.load(weights_only=True) names a global it refuses to import.
 _UNSAFE_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 
@@ -89,20 +89,11 @@ def _quote(text: object) -> str:
     return shown if shown.isprintable() else repr(shown)
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of an exception's message, cleaned for a one-line error."""
-    text = _ANSI.sub("", str(error)).strip()
-    first = text.splitlines()[0] if text else type(error).__name__
-    first = " ".join(first.split())
-    first = "".join(c if c.isprintable() else repr(c)[1:-1] for c in first)
-    return first if len(first) <= 200 else first[:197] + "..."
-
-
 def _weights_only_reason(error: BaseException) -> str:
     """What ``torch.load(weights_only=True)`` objected to, without its advice to unpickle."""
     _, marker, rest = str(error).partition("WeightsUnpickler error:")
     lines = [line for line in rest.splitlines() if line.strip()] if marker else []
-    return _reason(ValueError(lines[0])) if lines else _reason(error)
+    return error_line(ValueError(lines[0])) if lines else error_line(error)
 
 
 def _few(names: Iterable[str], limit: int = 3) -> str:
@@ -186,7 +177,7 @@ def load_entry_point(spec: str, option: str) -> Any:
         raise
     except (Exception, SystemExit) as error:  # the user's module may fail in any way on import
         raise InputError(
-            f"{option}: cannot import module {module_name!r} ({_raised(error)})"
+            f"{option}: cannot import module {module_name!r} ({raised_by(error)})"
         ) from None
     target: Any = module
     for part in attribute.split("."):
@@ -199,19 +190,12 @@ def load_entry_point(spec: str, option: str) -> Any:
         with _cwd_importable(_from_cwd(module)):
             return target()
     except (Exception, SystemExit) as error:  # user code: report it in one line
-        raise InputError(f"{option}: {spec}() raised {_raised(error)}") from None
+        raise InputError(f"{option}: {spec}() raised {raised_by(error)}") from None
 
 
 def _from_cwd(module: ModuleType) -> bool:
     origin = getattr(module, "__file__", None)
     return origin is not None and Path(origin).resolve().is_relative_to(Path.cwd().resolve())
-
-
-def _raised(error: BaseException) -> str:
-    """``Type: message`` of an exception raised by user code, on one line."""
-    if isinstance(error, SystemExit):
-        return f"SystemExit (it called sys.exit({error.code!r}))"
-    return f"{type(error).__name__}: {_reason(error)}"
 
 
 def _module_from(spec: str, option: str) -> nn.Module:
@@ -336,7 +320,7 @@ def _zip_names(path: Path, option: str) -> set[str]:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as error:
-        raise InputError(f"{option}: cannot read {_quote(path)}: {_reason(error)}") from None
+        raise InputError(f"{option}: cannot read {_quote(path)}: {error_line(error)}") from None
     return {name.partition("/")[2] for name in names}
 
 
@@ -361,7 +345,9 @@ def _load_safetensors(path: Path, arch: str | None, notes: list[str]) -> nn.Modu
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as error:
-        raise InputError(f"--model: cannot read {shown} as safetensors: {_reason(error)}") from None
+        raise InputError(
+            f"--model: cannot read {shown} as safetensors: {error_line(error)}"
+        ) from None
     model = _module_from(arch, "--arch")
     _load_weights(model, state, path, arch, notes)
     notes.append(f"loaded {len(state)} tensors from {shown} into --arch {arch}")
@@ -374,7 +360,9 @@ def _load_torchscript(path: Path, notes: list[str]) -> nn.Module:
         # TorchScript archives hold TorchScript code and tensors, read by a restricted unpickler.
         model = torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # the TorchScript reader fails on damaged bytes in many ways
-        raise InputError(f"--model: cannot read {shown} as TorchScript: {_reason(error)}") from None
+        raise InputError(
+            f"--model: cannot read {shown} as TorchScript: {error_line(error)}"
+        ) from None
     notes.append(f"read {shown} as a TorchScript program")
     return model
 
@@ -406,7 +394,7 @@ def _load_torch_file(
         except (Exception, SystemExit) as error:  # the file's own code runs here
             raise InputError(
                 f"--model: cannot read {shown} with --trust-pickle "
-                f"({type(error).__name__}: {_reason(error)})"
+                f"({type(error).__name__}: {error_line(error)})"
             ) from None
         notes.append(PICKLE_WARNING)
     except EOFError:
@@ -415,7 +403,7 @@ def _load_torch_file(
         ) from None
     except Exception as error:  # the restricted unpickler fails on damaged bytes in many ways
         raise InputError(
-            f"--model: cannot read {shown} as a PyTorch file: {_reason(error)}"
+            f"--model: cannot read {shown} as a PyTorch file: {error_line(error)}"
         ) from None
     if isinstance(loaded, nn.Module):
         return loaded, False
@@ -484,7 +472,7 @@ def _load_weights(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise InputError(f"{where}: {_reason(error)}") from None
+        raise InputError(f"{where}: {error_line(error)}") from None
 
 
 # --- torch.export programs -----------------------------------------------------------------------
@@ -558,7 +546,7 @@ def _load_exported(path: Path, trust_pickle: bool, notes: list[str]) -> nn.Modul
             module = program.module()
     except Exception as error:  # the deserializer fails on a malformed archive in many ways
         raise InputError(
-            f"--model: cannot read {shown} as a torch.export program: {_reason(error)}"
+            f"--model: cannot read {shown} as a torch.export program: {error_line(error)}"
         ) from None
     if not trust_pickle:
         check_export_graph(module, shown)
@@ -644,7 +632,9 @@ def _load_npz(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as error:  # numpy's reader fails on damaged bytes in many ways
-        raise InputError(f"{option}: cannot read it as an .npz archive: {_reason(error)}") from None
+        raise InputError(
+            f"{option}: cannot read it as an .npz archive: {error_line(error)}"
+        ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise InputError(
             f"{option}: holds a single array; save inputs and labels together with "
@@ -668,9 +658,13 @@ def _load_npz(path: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[
                         f"{option}: array {key!r} holds Python objects, which mlsec does not "
                         "unpickle; save numeric arrays"
                     ) from None
-                raise InputError(f"{option}: cannot read array {key!r}: {_reason(error)}") from None
+                raise InputError(
+                    f"{option}: cannot read array {key!r}: {error_line(error)}"
+                ) from None
             except Exception as error:  # numpy's reader fails on damaged bytes in many ways
-                raise InputError(f"{option}: cannot read array {key!r}: {_reason(error)}") from None
+                raise InputError(
+                    f"{option}: cannot read array {key!r}: {error_line(error)}"
+                ) from None
     images, labels = arrays["x"], arrays["y"]
     x = _images_from_array(images, option, notes)
     if labels.dtype.kind not in "iu":
@@ -839,7 +833,7 @@ def _load_image_folder(root: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], s
         try:
             array, mode, size, alpha = _read_image(file)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-            raise InputError(f"{option}: cannot read image {rel}: {_reason(error)}") from None
+            raise InputError(f"{option}: cannot read image {rel}: {error_line(error)}") from None
         if mode in _PIL_UNSUPPORTED:
             raise InputError(
                 f"{option}: image {rel} has mode {mode} (16- or 32-bit); save 8-bit images"
@@ -872,81 +866,6 @@ def _load_image_folder(root: Path) -> tuple[tuple[torch.Tensor, torch.Tensor], s
     if with_alpha:
         notes.append(f"dropped the alpha channel of {with_alpha} images")
     return (x, y), root.resolve().name or str(root), notes
-
-
-def _pairs(items: Iterable[Any], option: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    xs, ys = [], []
-    for item in items:
-        if not isinstance(item, tuple | list) or len(item) < 2:
-            raise InputError(f"{option}: each item must be an (input, label) pair")
-        xs.append(torch.as_tensor(item[0]))
-        ys.append(torch.as_tensor(item[1]))
-    if not xs:
-        raise InputError(f"{option}: the data set is empty")
-    return xs, ys
-
-
-def _collect(data: Any, option: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(data, DataLoader):
-        xs, ys = _pairs(data, option)
-        return torch.cat(xs), torch.cat(ys)
-    if isinstance(data, Dataset):
-        if not hasattr(data, "__len__"):
-            raise InputError(f"{option}: a Dataset must define __len__")
-        xs, ys = _pairs((data[i] for i in range(len(data))), option)
-        return torch.stack(xs), torch.stack(ys)
-    if isinstance(data, tuple | list) and len(data) == 2:
-        return torch.as_tensor(data[0]), torch.as_tensor(data[1])
-    raise InputError(
-        f"{option} must give a Dataset, a DataLoader or an (x, y) pair (got {type(data).__name__})"
-    )
-
-
-def as_tensors(data: Any, option: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a Dataset, a DataLoader or an ``(x, y)`` pair into ``(x, y)`` tensors, checked.
-
-    The inputs must be floating point and finite, the labels integers, both with the same number
-    of samples, at least one. Failures raise :class:`InputError` naming ``option``.
-    """
-    try:
-        x, y = _collect(data, option)
-    except (TypeError, ValueError, RuntimeError) as error:
-        if isinstance(error, InputError):
-            raise
-        # Items torch cannot turn into tensors: PIL images, ragged shapes, strings, ...
-        raise InputError(
-            f"{option}: cannot turn the data into tensors ({type(error).__name__}: {error}); "
-            "give tensors of equal shape, e.g. images after ToTensor()"
-        ) from None
-    except (Exception, SystemExit) as error:  # a Dataset's own code may fail in any way
-        raise InputError(f"{option}: reading the data raised {_raised(error)}") from None
-    if not x.is_floating_point():
-        raise InputError(
-            f"{option}: inputs must be floating point within the bounds (got {x.dtype}); "
-            "for uint8 images divide by 255"
-        )
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise InputError(f"{option}: labels must be integers (got {y.dtype})")
-    if y.dim() != 1 or x.dim() < 2:
-        raise InputError(
-            f"{option}: need inputs [n, ...] and labels [n] "
-            f"(got {tuple(x.shape)} and {tuple(y.shape)})"
-        )
-    if x.shape[0] != y.shape[0]:
-        raise InputError(
-            f"{option}: need inputs [n, ...] and labels [n] "
-            f"(got {tuple(x.shape)} and {tuple(y.shape)}): "
-            f"{x.shape[0]} inputs but {y.shape[0]} labels"
-        )
-    if x.shape[0] == 0:
-        raise InputError(f"{option}: the data set is empty")
-    finite = torch.isfinite(x).flatten(1).all(1)
-    if not bool(finite.all()):
-        first = int((~finite).nonzero()[0, 0])
-        raise InputError(
-            f"{option}: inputs contain NaN or infinite values (first at sample {first})"
-        )
-    return x, y.long()
 
 
 # --- normalization -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from safetensors.torch import save
 from torch import nn
 
-from mlsec._files import write_atomic
+from mlsec.core.files import write_atomic
 from mlsec.defenses.training import (
     CHECKPOINT,
     GAN_FORMAT,
@@ -185,7 +185,7 @@ class RunFolder:
         defense: the defense's name, recorded in the checkpoint.
         settings: what decides the run and must not change on resume (JSON values); its
             ``"data"`` maps names of the data to their hashes
-            (:func:`~mlsec.checkpoint.fingerprint_tensors`).
+            (:func:`~mlsec.auditing.resume.fingerprint_tensors`).
 
     """
 

@@ -12,13 +12,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-__all__ = ["SCHEMA_VERSION", "AttackOutcome", "AuditReport", "Example", "ThresholdResult"]
+from mlsec.core.registry import Registry
+
+__all__ = [
+    "FORMATS",
+    "SCHEMA_VERSION",
+    "AttackOutcome",
+    "AuditReport",
+    "Example",
+    "ThresholdResult",
+]
 
 SCHEMA_VERSION = 2
 
@@ -203,21 +213,20 @@ class AuditReport:
 
     def to_markdown(self) -> str:
         """A Markdown summary: the table, thresholds and warnings."""
-        from mlsec.reports.markdown import render_markdown
-
-        return render_markdown(self)
+        return str(FORMATS.get("markdown")(self))
 
     def to_html(self, path: str | Path | None = None) -> str:
         """A self-contained HTML report; written to ``path`` when given. Returns the HTML."""
-        from mlsec.reports.html import render_html
-
-        html = render_html(self)
+        html = str(FORMATS.get("html")(self))
         if path is not None:
             Path(path).write_text(html, encoding="utf-8")
         return html
 
     def to_junit(self) -> str:
         """JUnit XML with one test case per threshold."""
-        from mlsec.reports.junit import render_junit
+        return str(FORMATS.get("junit")(self))
 
-        return render_junit(self)
+
+# Report formats by name. The renderers in mlsec.reports register themselves here; ``import mlsec``
+# imports them, so every report can render itself without auditing importing a layer above it.
+FORMATS: Registry[Callable[[AuditReport], str]] = Registry("report format")

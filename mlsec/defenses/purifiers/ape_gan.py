@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
-from mlsec._checks import check_count, check_number, check_seed
-from mlsec.checkpoint import fingerprint_model, fingerprint_tensors
-from mlsec.defenses import _gan_run as run
+from mlsec.core.fingerprint import fingerprint_model, fingerprint_tensors
+from mlsec.core.validation import check_count, check_number, check_seed
 from mlsec.defenses.base import Purifier, network_field
+from mlsec.defenses.purifiers import run
 from mlsec.errors import InputError
 
 __all__ = ["APEGAN", "ape_discriminator", "ape_generator"]
@@ -147,7 +147,7 @@ class APEGAN(Purifier):
 
         """
         from mlsec.attacks import FGSM
-        from mlsec.loading import as_tensors
+        from mlsec.core.data import as_tensors
 
         x, y = as_tensors(data)
         if tuple(x.shape[1:]) != (1, 28, 28):

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlsec._text import printable
+from mlsec.auditing.report import AuditReport
+from mlsec.core.text import printable
 from mlsec.errors import InputError
-from mlsec.loading import CLASS_MAP_NOTE, PICKLE_WARNING
-from mlsec.report import AuditReport
+from mlsec.io.loading import CLASS_MAP_NOTE, PICKLE_WARNING
 
 __all__ = [
     "Parser",

@@ -45,16 +45,16 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from mlsec import _model
-from mlsec._checks import MAX_SEED, check_batch, check_labels, check_seed
-from mlsec._files import write_atomic
 from mlsec.attacks.base import examples_for_checked_data
 from mlsec.attacks.pgd import PGD
-from mlsec.checkpoint import fingerprint_tensors
+from mlsec.core import model as _model
+from mlsec.core.data import as_tensors
+from mlsec.core.files import write_atomic
+from mlsec.core.fingerprint import fingerprint_tensors
+from mlsec.core.threat import Norm, ThreatModel
+from mlsec.core.validation import MAX_SEED, check_batch, check_labels, check_seed
 from mlsec.defenses.base import Defense
 from mlsec.errors import InputError
-from mlsec.loading import as_tensors
-from mlsec.threat import Norm, ThreatModel
 
 __all__ = [
     "TRADES",
@@ -654,7 +654,7 @@ def check_same_run(path: Path, saved: object, current: Mapping[str, Any]) -> Non
         path: the checkpoint, for the message.
         saved: the settings the checkpoint recorded (JSON).
         current: the run's settings (JSON values); its ``"data"`` maps names of the data (e.g.
-            ``"training data"``) to their hashes (:func:`mlsec.checkpoint.fingerprint_tensors`),
+            ``"training data"``) to their hashes (:func:`mlsec.auditing.resume.fingerprint_tensors`),
             reported as ``NAME differs``.
 
     """

@@ -27,11 +27,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from mlsec._checks import MAX_SEED, check_count, check_number, check_seed
-from mlsec.checkpoint import fingerprint_tensors
-from mlsec.defenses import _gan_run as run
+from mlsec.core.fingerprint import fingerprint_tensors
+from mlsec.core.validation import MAX_SEED, check_count, check_number, check_seed
 from mlsec.defenses.base import Purifier, network_field
-from mlsec.defenses.gan_networks import (
+from mlsec.defenses.purifiers import run
+from mlsec.defenses.purifiers.networks import (
     _latent_size,
     mnist_critic,
     mnist_encoder,
@@ -75,7 +75,7 @@ class DefenseGAN(Purifier):
 
     Example:
         >>> import torch
-        >>> from mlsec.defenses.gan_networks import mnist_generator
+        >>> from mlsec.defenses.purifiers.networks import mnist_generator
         >>> defense = DefenseGAN(latent=8, steps=5, restarts=2, generator=mnist_generator(8))
         >>> defense.purify(torch.rand(3, 1, 28, 28)).shape
         torch.Size([3, 1, 28, 28])
@@ -228,7 +228,7 @@ class DefenseGAN(Purifier):
             ``self``, fitted, networks in eval mode on the CPU.
 
         """
-        from mlsec.loading import as_tensors
+        from mlsec.core.data import as_tensors
 
         x, _ = as_tensors(data)
         if tuple(x.shape[1:]) != (1, 28, 28):

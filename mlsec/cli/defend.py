@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from mlsec import zoo
-from mlsec._cli_common import check_writable, device_from, positive_int, print_notes
-from mlsec._files import write_atomic
+from mlsec.auditing.defended import evaluate_defense
+from mlsec.cli.common import check_writable, device_from, positive_int, print_notes
+from mlsec.core.files import write_atomic
 from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, Purifier, load_defense
-from mlsec.defenses.evaluate import evaluate_defense
 from mlsec.errors import InputError
-from mlsec.loading import PICKLE_WARNING, image_folder_classes, load_data, load_model
+from mlsec.io.loading import PICKLE_WARNING, image_folder_classes, load_data, load_model
 
 __all__ = ["add_parser", "audit_defense", "resolve_defense", "run"]
 

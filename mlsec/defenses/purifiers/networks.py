@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlsec._checks import check_count
+from mlsec.core.validation import check_count
 from mlsec.errors import InputError
 
 __all__ = [

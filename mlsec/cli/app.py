@@ -19,9 +19,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlsec import _defend_cli, _train_cli
 from mlsec import attacks as attack_registry
-from mlsec._cli_common import (
+from mlsec.auditing.report import AuditReport
+from mlsec.auditing.run import audit
+from mlsec.auditing.suite import BUILTIN_SUITES, Suite, load_suite, parse_eps
+from mlsec.auditing.thresholds import parse_thresholds
+from mlsec.cli import defend as _defend_cli
+from mlsec.cli import train as _train_cli
+from mlsec.cli.common import (
     Parser,
     check_writable,
     colour,
@@ -34,19 +39,15 @@ from mlsec._cli_common import (
     robust_cell,
     robust_table,
 )
-from mlsec._files import write_atomic
-from mlsec.audit import audit
+from mlsec.core.files import write_atomic
 from mlsec.errors import InputError
-from mlsec.loading import (
+from mlsec.io.loading import (
     apply_normalize,
     image_folder_classes,
     load_data,
     load_model,
     parse_normalize,
 )
-from mlsec.report import AuditReport
-from mlsec.suite import BUILTIN_SUITES, Suite, load_suite, parse_eps
-from mlsec.thresholds import parse_thresholds
 
 __all__ = ["main"]
 

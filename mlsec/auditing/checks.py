@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsec import _model
 from mlsec.attacks import FGSM, PGD, Attack
-from mlsec.suite import Suite
+from mlsec.auditing.suite import Suite
+from mlsec.core import model as _model
 
 __all__ = ["attack_checks", "model_checks"]
 

@@ -16,9 +16,10 @@ from rich.markup import escape
 from torch import nn
 
 from mlsec import zoo
-from mlsec._cli_common import device_from, float_list, percent, print_notes, printable, robust_table
-from mlsec._files import write_atomic
-from mlsec.audit import audit
+from mlsec.auditing.run import audit
+from mlsec.auditing.suite import load_suite
+from mlsec.cli.common import device_from, float_list, percent, print_notes, printable, robust_table
+from mlsec.core.files import write_atomic
 from mlsec.defenses.training import (
     METHODS,
     RUN_FILES,
@@ -28,8 +29,7 @@ from mlsec.defenses.training import (
     save_weights,
 )
 from mlsec.errors import InputError
-from mlsec.loading import apply_normalize, load_data, load_model, parse_normalize
-from mlsec.suite import load_suite
+from mlsec.io.loading import apply_normalize, load_data, load_model, parse_normalize
 
 __all__ = ["add_parser", "run"]
 

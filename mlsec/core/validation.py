@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mlsec import _model
+from mlsec.core import model as _model
 from mlsec.errors import InputError
 
 

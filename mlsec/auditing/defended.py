@@ -28,9 +28,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
 
-from mlsec._checks import check_count
 from mlsec.attacks import EOT, create, get
 from mlsec.attacks.base import Attack
+from mlsec.core.validation import check_count
 from mlsec.defenses.base import Purifier
 from mlsec.errors import InputError
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from mlsec.auditing.report import ThresholdResult
+from mlsec.auditing.suite import Suite
 from mlsec.errors import InputError
-from mlsec.report import ThresholdResult
-from mlsec.suite import Suite
 
 __all__ = ["Threshold", "evaluate", "parse_thresholds"]
 

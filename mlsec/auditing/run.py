@@ -31,22 +31,18 @@ from rich.progress import (
 from rich.text import Text
 from torch import nn
 
-from mlsec import _model, checks
-from mlsec._checks import check_batch, run_model
-from mlsec._text import printable
 from mlsec.attacks import Attack
-from mlsec.checkpoint import (
-    BatchRecord,
-    Checkpoint,
-    fingerprint_code,
-    fingerprint_model,
-    fingerprint_tensors,
-)
+from mlsec.auditing import checks
+from mlsec.auditing.report import AttackOutcome, AuditReport, Example
+from mlsec.auditing.resume import BatchRecord, Checkpoint
+from mlsec.auditing.suite import DEFAULT_EPS, Suite, load_suite
+from mlsec.auditing.thresholds import Threshold, check_against, evaluate
+from mlsec.core import model as _model
+from mlsec.core.fingerprint import fingerprint_code, fingerprint_model, fingerprint_tensors
+from mlsec.core.text import printable
+from mlsec.core.threat import Norm
+from mlsec.core.validation import check_batch, run_model
 from mlsec.errors import InputError
-from mlsec.report import AttackOutcome, AuditReport, Example
-from mlsec.suite import DEFAULT_EPS, Suite, load_suite
-from mlsec.threat import Norm
-from mlsec.thresholds import Threshold, check_against, evaluate
 
 __all__ = ["DEFAULT_EPS", "AttackOutcome", "AuditReport", "audit"]
 
@@ -77,7 +73,7 @@ def _progress(enabled: bool, console: Console | None) -> Iterator[Progress]:
 
 
 def _environment(device: torch.device) -> dict[str, str]:
-    from mlsec import __version__
+    from mlsec.core.version import VERSION as __version__
 
     env = {
         "mlsec": __version__,
@@ -135,18 +131,18 @@ def audit(
     Args:
         model: the classifier, returning logits; left in the mode it was given in.
         data: ``(x, y)``: inputs within the bounds and integer labels.
-        suite: a :class:`mlsec.suite.Suite`, a built-in suite name (``default``, ``quick``,
+        suite: a :class:`mlsec.auditing.suite.Suite`, a built-in suite name (``default``, ``quick``,
             ``standard``, ``thorough``) or a TOML file; default ``default`` (FGSM, then PGD-40).
         attacks: instead of a suite, attacks (their eps is replaced by each grid value) or
             registered names, chained in this order.
         eps: the budgets in input units; overrides the suite's grids.
         norm: overrides every attack's norm.
         bounds: overrides every attack's input bounds.
-        thresholds: CI thresholds (see :mod:`mlsec.thresholds`); their verdicts go in the report.
+        thresholds: CI thresholds (see :mod:`mlsec.auditing.thresholds`); their verdicts go in the report.
         batch_size: samples per attack call.
         checkpoint: a folder where each finished batch is recorded; an interrupted audit with the
             same folder resumes where it stopped.
-        sanity_checks: run the gradient-masking checks (:mod:`mlsec.checks`).
+        sanity_checks: run the gradient-masking checks (:mod:`mlsec.auditing.checks`).
         survivors: attack only samples still standing (``False``: the naive run, every attack on
             every sample at every eps; same numbers, more time).
         examples: how many clean/adversarial pairs to keep for the report's image grid.
@@ -155,7 +151,7 @@ def audit(
         model_name: name of the model in the report.
         data_name: name of the data in the report.
         data_classes: how the data's class names map to labels (an image folder's folder name →
-            label, see :func:`mlsec.loading.image_folder_classes`); recorded in the report's
+            label, see :func:`mlsec.io.loading.image_folder_classes`); recorded in the report's
             ``config`` when given.
 
     Returns:
@@ -183,7 +179,7 @@ def audit(
     was_training = any(module.training for module in model.modules())
     store = None
     if checkpoint is not None:
-        from mlsec import __version__
+        from mlsec.core.version import VERSION as __version__
 
         # Everything that decides the numbers; the suite's config holds each attack's seed.
         store = Checkpoint(
