@@ -8,6 +8,7 @@ Example:
 
 """
 
+# reports: importing it registers the report formats that AuditReport.to_html() & co. use.
 from mlsec import attacks, datasets, defenses, reports, testing, zoo
 from mlsec.attacks import Attack, AttackResult
 from mlsec.auditing.report import AuditReport
@@ -30,6 +31,7 @@ __all__ = [
     "audit",
     "datasets",
     "defenses",
+    "reports",
     "testing",
     "zoo",
 ]

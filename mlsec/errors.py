@@ -17,8 +17,10 @@ class InputError(ValueError):
 
     Example:
         >>> error = InputError("the folder holds another audit", subject="checkpoint")
-        >>> str(error), error.subject, error.detail
-        ('checkpoint: the folder holds another audit', 'checkpoint', 'the folder holds another audit')
+        >>> str(error)
+        'checkpoint: the folder holds another audit'
+        >>> error.subject, error.detail
+        ('checkpoint', 'the folder holds another audit')
 
     """
 

@@ -17,6 +17,7 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
     "apgd-dlr": {"steps": 10},
     "apgd-t": {"steps": 10, "targets": 3},
     "square": {"queries": 300},
+    "eot": {"attack": {"name": "pgd", "steps": 10}, "samples": 2},
     # The ART attacks: settings that hold the contract at linf eps 0.3 after projection.
     "art": {"attack": "ProjectedGradientDescent", "max_iter": 10},
     # A large overshoot: DeepFool's minimal l2 step, scaled up, survives the linf projection.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -89,5 +92,47 @@ def test_eot_takes_its_threat_model_from_the_attack_and_checks_samples() -> None
     assert (eot.eps, eot.norm, eot.bounds) == (0.2, "l2", (0.0, 1.0))
     with pytest.raises(InputError, match="samples must be an integer >= 1"):
         EOT(attack=PGD(eps=0.2), samples=0)
-    with pytest.raises(InputError, match="needs an attack instance"):
+    with pytest.raises(InputError, match="needs eps, or an attack instance"):
         EOT(attack=None)
+    with pytest.raises(InputError, match="needs an attack instance"):
+        EOT(attack=3, eps=0.3)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="EOT of EOT"):
+        EOT(attack=eot)
+
+
+def test_eot_is_registered_with_pgd_inside_by_default() -> None:
+    eot = mlsec.attacks.create("eot", eps=0.2, samples=3)
+    assert isinstance(eot, EOT) and eot.samples == 3
+    assert eot.attack == PGD(eps=0.2)
+    apgd = mlsec.attacks.create("eot", eps=1.0, norm="l2", attack="apgd")
+    assert isinstance(apgd, EOT)
+    assert apgd.attack == mlsec.attacks.APGD(eps=1.0, norm="l2")
+    with pytest.raises(InputError, match="unknown attack 'nope'"):
+        mlsec.attacks.create("eot", eps=0.2, attack="nope")
+
+
+def test_eot_threat_model_changes_reach_the_inner_attack() -> None:
+    # The audit moves an attack along the eps grid with dataclasses.replace, and a suite's
+    # overrides set norm, bounds and seed the same way: the inner attack must follow.
+    eot = EOT(attack=PGD(eps=0.3, steps=5), samples=2)
+    moved = dataclasses.replace(eot, eps=0.1, norm="l2", seed=4)
+    assert moved.attack == PGD(eps=0.1, norm="l2", seed=4, steps=5)
+    assert (moved.eps, moved.norm, moved.seed) == (0.1, "l2", 4)
+    with pytest.raises(InputError, match="eps must be"):
+        dataclasses.replace(eot, eps=-0.1)
+
+
+def test_eot_params_are_plain_data_that_build_it_again() -> None:
+    eot = EOT(attack=PGD(eps=0.3, steps=5, restarts=2), samples=4)
+    params = eot.params()
+    assert params["attack"] == {
+        "name": "pgd",
+        "steps": 5,
+        "step_size": None,
+        "random_start": True,
+        "restarts": 2,
+        "last_iterate": False,
+        "loss": "ce",
+    }
+    assert json.loads(json.dumps(params))["samples"] == 4
+    assert mlsec.attacks.create("eot", **params) == eot

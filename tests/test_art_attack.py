@@ -18,7 +18,7 @@ from torch import nn
 
 import mlsec
 from mlsec.attacks import FGSM, ARTAttack
-from mlsec.attacks.art import _gradient_free, art_attack_names
+from mlsec.attacks.art import art_attack_names, gradient_free
 from mlsec.auditing.suite import load_suite
 from mlsec.errors import InputError
 
@@ -199,7 +199,7 @@ def test_gradient_free_follows_arts_requirements() -> None:
     for name in mlsec.attacks.list_attacks():
         cls = mlsec.attacks.get(name)
         if issubclass(cls, ARTAttack) and cls.art_class:
-            assert cls.gradient_free == _gradient_free(cls.art_class), name
+            assert cls.gradient_free == gradient_free(cls.art_class), name
     assert {"DeepFool", "ElasticNet", "HopSkipJump", "ZooAttack"} <= set(art_attack_names())
     assert "AdversarialPatch" not in art_attack_names()
 

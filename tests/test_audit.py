@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import itertools
 import json
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 import mlsec
 from mlsec.attacks import FGSM, PGD
-from mlsec.auditing.resume import Checkpoint
+from mlsec.auditing.resume import BatchRecord, Checkpoint
 from mlsec.auditing.suite import Suite, SuiteEntry
 from mlsec.auditing.thresholds import parse_thresholds
 from mlsec.errors import InputError
@@ -103,7 +105,7 @@ def test_report_json_and_examples(mnist: Data, cnn: nn.Module) -> None:
         cnn, (mnist[0][:60], mnist[1][:60]), attacks=["fgsm", "pgd"], eps=[0.1, 0.3]
     )
     data = json.loads(report.to_json())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert data["n"] == 60
     assert data["clean_accuracy"] == report.clean_accuracy
     assert [r["attack"] for r in data["results"]] == ["fgsm", "pgd", "fgsm", "pgd"]
@@ -212,8 +214,6 @@ def test_checkpoint_replays_without_attacking(
 
 def test_checkpoint_discards_a_torn_last_line(tmp_path: Path) -> None:
     store = Checkpoint(tmp_path, {"model": "m"})
-    from mlsec.auditing.resume import BatchRecord
-
     store.append(BatchRecord(stage=0, batch=0, indices=[1, 2], broken=[2], seconds=0.1))
     with (tmp_path / "batches.jsonl").open("ab") as fh:
         fh.write(b'{"stage": 0, "batch": 1, "ind')
@@ -247,3 +247,64 @@ def test_suite_objects_and_names(mnist: Data, cnn: nn.Module) -> None:
         cnn, (mnist[0][:30], mnist[1][:30]), suite="quick", eps=[0.3], sanity_checks=False
     )
     assert quick.outcomes[1].params["steps"] == 20
+
+
+def test_a_wrong_checkpoint_is_refused_in_the_librarys_terms(
+    mnist: Data, cnn: nn.Module, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"^checkpoint: .* is not a folder") as error:
+        mlsec.audit(
+            cnn, (mnist[0][:5], mnist[1][:5]), attacks=["fgsm"], checkpoint=tmp_path / "file"
+        )
+    assert error.value.subject == "checkpoint" and "--" not in str(error.value)
+
+
+def test_defended_records_round_trip_and_plain_ones_stay_as_before(tmp_path: Path) -> None:
+    store = Checkpoint(tmp_path, {"model": "m"}, samples=10)
+    store.append(BatchRecord(stage=0, batch=0, indices=[1, 2], broken=[2], seconds=0.1))
+    extended = BatchRecord(
+        stage=0, batch=1, indices=[3, 4], broken=[], seconds=0.1, also_broken=[[4]], calls=7
+    )
+    store.append(extended)
+    plain_line, extended_line = (tmp_path / "batches.jsonl").read_text().splitlines()
+    assert "calls" not in plain_line and "also_broken" not in plain_line
+    assert Checkpoint(tmp_path, {"model": "m"}, samples=10).records[(0, 1)] == extended
+    # A forged counter fails the checksum; a bad value fails the record's checks.
+    lines = plain_line + "\n" + extended_line.replace('"calls":7', '"calls":8') + "\n"
+    (tmp_path / "batches.jsonl").write_text(lines)
+    with pytest.raises(InputError, match="line 2 is not a valid record: its checksum"):
+        Checkpoint(tmp_path, {"model": "m"}, samples=10)
+    (tmp_path / "batches.jsonl").write_text(extended_line.replace('"calls":7', '"calls":-1') + "\n")
+    with pytest.raises(InputError, match="calls must be an integer >= 0"):
+        Checkpoint(tmp_path, {"model": "m"}, samples=10)
+
+
+def test_strength_note_in_the_report(mnist: Data, cnn: nn.Module) -> None:
+    data = (mnist[0][:20], mnist[1][:20])
+    weak = mlsec.audit(cnn, data, eps=[0.1], sanity_checks=False)
+    assert weak.strength_note is not None
+    assert weak.strength_note.startswith("weaker than the standard suite (no APGD-CE")
+    assert json.loads(weak.to_json())["strength_note"] == weak.strength_note
+    square = mlsec.attacks.Square(eps=0.0, queries=5000)
+    strong = mlsec.audit(
+        cnn, data, attacks=["apgd", "apgd-t", square], eps=[0.1], sanity_checks=False
+    )
+    assert strong.strength_note is None
+
+
+def test_progress_off_a_terminal_is_one_line_per_stage(mnist: Data, cnn: nn.Module) -> None:
+    out = StringIO()
+    console = Console(file=out, force_terminal=False, width=80)
+    mlsec.audit(
+        cnn,
+        (mnist[0][:20], mnist[1][:20]),
+        attacks=["fgsm"],
+        eps=[0.1, 0.3],
+        sanity_checks=False,
+        progress=True,
+        console=console,
+    )
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["clean", "fgsm eps=0.1", "fgsm eps=0.3"]
+    assert lines[0].startswith("clean: 20/20 samples in ")

@@ -249,7 +249,7 @@ class Scale(nn.Module):
 def test_code_fingerprint_of_torchscript_and_exported_programs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlsec.io.loading import _ExportedModel
+    from mlsec.io import ExportedModel
 
     sample = torch.zeros(2, 3)
     # The same class name in two files: what differs is only the code TorchScript or fx keeps.
@@ -261,7 +261,7 @@ def test_code_fingerprint_of_torchscript_and_exported_programs(
         classes.append(_import(path, source, f"scale_v{factor}", monkeypatch).Scale)
 
     def exported(module: nn.Module) -> nn.Module:
-        return _ExportedModel(torch.export.export(module, (sample,)).module(), None)
+        return ExportedModel(torch.export.export(module, (sample,)).module(), None)
 
     def traced(module: nn.Module) -> nn.Module:
         return torch.jit.trace(module, sample)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -47,7 +48,7 @@ def test_default_audit_exits_zero_with_both_models_side_by_side(
     assert "worst case" in proc.stdout
     assert "clean" in proc.stdout
     for one, name in ((report, "mnist-cnn"), (robust, "mnist-cnn-pgd")):
-        assert one["schema_version"] == 2
+        assert one["schema_version"] == 3
         assert one["model"] == name
         assert one["data"] == "mnist-sample"
         assert one["n"] == 2000
@@ -342,3 +343,30 @@ def test_train_mode_model_warns_and_fails_strict(
     assert run_cli(argv) == 0
     assert "train mode" in capsys.readouterr().out
     assert run_cli([*argv, "--strict"]) == 1
+
+
+# A finished stage logged without a terminal: "pgd eps=0.1: 33/33 samples in 0.4 s (82 samples/s)".
+STAGE_LINE = re.compile(r"^(?P<stage>.+): (?P<done>\d+)/(?P<total>\d+) samples in \d+\.\d s")
+
+
+def test_progress_without_a_terminal_is_one_line_per_finished_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE"):  # rich obeys these
+        monkeypatch.delenv(name, raising=False)
+    report = tmp_path / "report.json"
+    argv = ["audit", "--model", "mnist-cnn", "--limit", "40", "--attacks", "fgsm,pgd",
+            "--steps", "2", "--eps", "0.1,0.2", "--no-checks", "--json", str(report)]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err  # no animation frames, no cursor movement
+    lines = err.strip().splitlines()
+    stages = [STAGE_LINE.match(line) for line in lines]
+    assert all(stages), lines
+    names = [m["stage"] for m in stages if m]
+    assert names == ["clean", "fgsm eps=0.1", "pgd eps=0.1", "fgsm eps=0.2", "pgd eps=0.2"]
+    counts = [(int(m["done"]), int(m["total"])) for m in stages if m]
+    assert counts[0] == (40, 40)
+    # Each attack stage counts the samples that attack was handed, as the report records them.
+    results = json.loads(report.read_text())["results"]
+    assert [(r["attacked"], r["attacked"]) for r in results] == counts[1:]

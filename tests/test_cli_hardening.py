@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,9 +16,19 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import mlsec
+import mlsec.cli.audit
 from mlsec.auditing.report import AuditReport
 from mlsec.cli import main
+from mlsec.cli.app import build_parser
+from mlsec.cli.exits import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    error_message,
+    flag_for,
+    options_of,
+)
 from mlsec.core import files as _files
+from mlsec.errors import InputError
 
 TINY = [
     "--limit", "40", "--attacks", "fgsm", "--eps", "0.1", "--no-checks", "--no-progress",
@@ -61,7 +73,7 @@ def _no_attack(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> AuditReport:
         raise AssertionError("the audit ran")
 
-    monkeypatch.setattr("mlsec.cli.app.audit", fail)
+    monkeypatch.setattr("mlsec.cli.audit.audit", fail)
 
 
 # --- A. image folders with numbered classes ------------------------------------------------------
@@ -253,7 +265,7 @@ def test_interrupt_exits_130(
     def interrupted(*args: object, **kwargs: object) -> AuditReport:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("mlsec.cli.app.audit", interrupted)
+    monkeypatch.setattr("mlsec.cli.audit.audit", interrupted)
     assert run_cli(ONE) == 130
     _one_line_error(capsys, "mlsec: interrupted")
 
@@ -375,3 +387,97 @@ def test_exit_code_130_is_documented(capsys: pytest.CaptureFixture[str]) -> None
     root = Path(__file__).resolve().parents[1]
     assert "130 interrupted (Ctrl-C)" in " ".join((root / "README.md").read_text().split())
     assert "| 130 | interrupted with Ctrl-C |" in (root / "docs" / "cli.md").read_text()
+
+
+# --- E. library errors are shown with the command's flags ----------------------------------------
+
+
+def _raises(error: BaseException) -> object:
+    def run(*args: object, **kwargs: object) -> AuditReport:
+        raise error
+
+    return run
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (InputError("another audit's", subject="checkpoint"), "--checkpoint: another audit's"),
+        (InputError("must be >= 1", subject="batch_size"), "--batch-size: must be >= 1"),
+        (InputError("'x' is not A@E=V", subject="fail_under"), "--fail-under: 'x' is not A@E=V"),
+        # No such option of mlsec audit: the library's own words, not an invented flag.
+        (InputError("no held-out data", subject="held_out"), "held_out: no held-out data"),
+        (InputError("plain message"), "plain message"),
+    ],
+)  # fmt: skip
+def test_library_input_errors_name_the_flag(
+    error: InputError,
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("mlsec.cli.audit.audit", _raises(error))
+    assert run_cli(ONE) == EXIT_USAGE == 2
+    assert _one_line_error(capsys) == f"mlsec: {line}"
+
+
+def test_sys_exit_in_user_code_exits_2_and_a_crash_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("mlsec.cli.audit.audit", _raises(SystemExit(5)))
+    assert run_cli(ONE) == 2
+    _one_line_error(capsys, "mlsec: user code called sys.exit(5)")
+    monkeypatch.setattr("mlsec.cli.audit.audit", _raises(ZeroDivisionError("boom")))
+    assert run_cli(ONE) == EXIT_INTERNAL == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError: boom" in err
+    assert err.strip().splitlines()[-1].endswith("exit 3")
+
+
+def test_flags_come_from_the_command_that_ran() -> None:
+    parser = build_parser()
+    audit_flags, train_flags = options_of(parser, "audit"), options_of(parser, "train")
+    assert {"--batch-size", "--checkpoint", "--fail-under", "--max-drop"} <= audit_flags
+    assert "--val" not in audit_flags and "--val" in train_flags
+    assert "defense" in options_of(parser, "defend")  # the positional of mlsec defend train
+    assert flag_for("folder", "train", train_flags) == "--out"
+    assert flag_for("folder", "defend", options_of(parser, "defend")) == "--run"
+    assert flag_for("thresholds", "audit", audit_flags) == "--fail-under/--max-drop"
+    assert flag_for("thresholds", "train", train_flags) is None
+    assert flag_for("eps_ramp", "train", train_flags) == "--eps-ramp"
+    assert flag_for("eps_ramp", "audit", audit_flags) is None
+
+
+def test_error_message_keeps_the_library_text_without_a_subject() -> None:
+    flags = options_of(build_parser(), "audit")
+    error = InputError("give at least one value", subject="eps")
+    assert str(error) == "eps: give at least one value"
+    assert error_message(error, "audit", flags) == "--eps: give at least one value"
+    assert error_message(InputError("labels lie in [0, 12]"), "audit", flags) == (
+        "labels lie in [0, 12]"
+    )
+
+
+# --- F. the strength of the suite is said under the table ----------------------------------------
+
+
+def test_strength_note_is_printed_once_under_the_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    note = "weaker than the standard suite (no APGD, no Square): mlsec audit --suite standard"
+
+    def weak(*args: Any, **kwargs: Any) -> AuditReport:
+        return dataclasses.replace(real_audit(*args, **kwargs), strength_note=note)
+
+    real_audit = mlsec.cli.audit.audit
+    monkeypatch.setattr("mlsec.cli.audit.audit", weak)
+    assert run_cli(ONE) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out.count(f"note: {note}") == 1
+    assert out.index(f"note: {note}") > max(i for i, line in enumerate(out) if "worst case" in line)
+    # Two models, one table: the note is said once, under it.
+    assert run_cli(["audit", *TINY]) == 0
+    assert capsys.readouterr().out.splitlines().count(f"note: {note}") == 1
+    # Quiet prints one summary line per model and no table, so no note either.
+    assert run_cli([*ONE, "-q"]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -11,11 +12,17 @@ from conftest import fast_attack
 from torch import nn
 
 import mlsec
-from mlsec.attacks import FGSM, PGD
+from mlsec.attacks import FGSM, PGD, Perturbation, Problem
+from mlsec.core.threat import L2, LINF, geometry
 from mlsec.errors import InputError
 
 ATTACKS = mlsec.attacks.list_attacks()
 N = 64
+
+
+def contract_attack(name: str, **params: Any) -> mlsec.Attack:
+    """A registered attack with the suite's fast settings, overridden by ``params``."""
+    return fast_attack(name, **params)
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
@@ -24,7 +31,7 @@ def distance(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def test_registry_lists_the_core_attacks() -> None:
-    assert {"fgsm", "pgd"} <= set(ATTACKS)
+    assert {"fgsm", "pgd", "apgd", "square", "eot"} <= set(ATTACKS)
     assert sorted(ATTACKS) == ATTACKS
 
 
@@ -37,9 +44,9 @@ def test_within_eps_and_bounds(
     if norm not in mlsec.attacks.get(name).norms:
         # An attack without this norm says so at construction, in one line.
         with pytest.raises(InputError, match=f"supports norm .* \\(got '{norm}'\\)"):
-            fast_attack(name, eps=eps, norm=norm)
+            contract_attack(name, eps=eps, norm=norm)
         return
-    x_adv = fast_attack(name, eps=eps, norm=norm)(cnn, x, y)
+    x_adv = contract_attack(name, eps=eps, norm=norm)(cnn, x, y)
     assert distance(x_adv, x, norm).max().item() <= eps + 1e-6
     assert x_adv.min().item() >= 0.0
     assert x_adv.max().item() <= 1.0
@@ -56,8 +63,8 @@ def test_inputs_not_mutated(
     target = (y + 1) % 10
     target_before = target.clone()
     state_before = {k: v.clone() for k, v in cnn.state_dict().items()}
-    fast_attack(name, eps=0.3).run(cnn, x, y)
-    fast_attack(name, eps=0.3).run(cnn, x, y, target=target)
+    contract_attack(name, eps=0.3).run(cnn, x, y)
+    contract_attack(name, eps=0.3).run(cnn, x, y, target=target)
     assert torch.equal(x, x_before)
     assert torch.equal(y, y_before)
     assert torch.equal(target, target_before)
@@ -101,10 +108,10 @@ def test_mode_and_requires_grad_restored(
     before = _mixed_state(model)
     x, y = mnist[0][:8], mnist[1][:8]
     if fail_on_call is None:
-        fast_attack(name, eps=0.3).run(model, x, y)
+        contract_attack(name, eps=0.3).run(model, x, y)
     else:
         with pytest.raises(RuntimeError, match="planted failure"):
-            fast_attack(name, eps=0.3).run(model, x, y)
+            contract_attack(name, eps=0.3).run(model, x, y)
     assert _mixed_state(model) == before
     assert model.modes, "the model was never called"
     assert not any(model.modes), "the attack ran the model in train mode"
@@ -116,8 +123,8 @@ def test_same_seed_same_result(
     name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
 ) -> None:
     x, y = mnist[0][:N], mnist[1][:N]
-    first = fast_attack(name, eps=0.2, seed=7)(cnn, x, y)
-    second = fast_attack(name, eps=0.2, seed=7)(cnn, x, y)
+    first = contract_attack(name, eps=0.2, seed=7)(cnn, x, y)
+    second = contract_attack(name, eps=0.2, seed=7)(cnn, x, y)
     assert torch.equal(first, second)
 
 
@@ -145,7 +152,7 @@ def test_shape_dtype_device_preserved(
 ) -> None:
     model = cnn.to(device)
     x, y = mnist[0][:16].to(device=device, dtype=dtype), mnist[1][:16].to(device)
-    result = fast_attack(name, eps=0.3).run(model, x, y)
+    result = contract_attack(name, eps=0.3).run(model, x, y)
     assert result.x_adv.shape == x.shape
     assert result.x_adv.dtype == dtype
     assert result.x_adv.device == x.device
@@ -162,7 +169,7 @@ def test_success_matches_the_models_prediction(
     x, y = mnist[0][:N], mnist[1][:N]
     target = (y + 3) % 10
     for kwargs, wanted in (({}, None), ({"target": target}, target)):
-        result = fast_attack(name, eps=0.2).run(cnn, x, y, **kwargs)
+        result = contract_attack(name, eps=0.2).run(cnn, x, y, **kwargs)
         with torch.no_grad():
             predicted = cnn(result.x_adv).argmax(1)
         expected = predicted != y if wanted is None else predicted == wanted
@@ -177,7 +184,7 @@ def test_robust_accuracy_well_below_clean(
     x, y = mnist[0][:200], mnist[1][:200]
     with torch.no_grad():
         clean = (cnn(x).argmax(1) == y).float().mean().item()
-        x_adv = fast_attack(name, eps=0.3)(cnn, x, y)
+        x_adv = contract_attack(name, eps=0.3)(cnn, x, y)
         robust = (cnn(x_adv).argmax(1) == y).float().mean().item()
     assert clean >= 0.97
     assert robust <= 0.2, f"{name}: robust accuracy {robust:.3f} against clean {clean:.3f}"
@@ -362,7 +369,7 @@ def test_bfloat16_model_keeps_eps_exact(
     # eps 0.3 is not a bfloat16 number: the attack must not round it up to 0.30078125.
     model = cnn.to(torch.bfloat16)
     x, y = mnist[0][:32].to(input_dtype), mnist[1][:32]
-    result = fast_attack(name, eps=0.3).run(model, x, y)
+    result = contract_attack(name, eps=0.3).run(model, x, y)
     assert result.x_adv.dtype == input_dtype
     assert distance(result.x_adv, x, "linf").max().item() <= 0.3 + 1e-6
     assert result.success.float().mean().item() >= 0.8
@@ -408,3 +415,78 @@ def test_the_accelerator_code_path_finds_what_the_cpu_path_finds(
     assert torch.equal(shrinking.success, full.success)
     assert torch.allclose(shrinking.x_adv, full.x_adv, atol=1e-5)
     assert torch.equal(shrinking.logits.argmax(1), full.logits.argmax(1))
+
+
+class CountingForward(nn.Module):
+    """Wraps a model; counts its forward passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out: torch.Tensor = self.model(x)
+        return out
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "apgd", "square", "eot"])
+def test_run_unchecked_gives_runs_result_without_the_label_check(
+    name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    x, y = mnist[0][:32], mnist[1][:32]
+    model = CountingForward(cnn)
+    attack = contract_attack(name, eps=0.2)
+    checked = attack.run(model, x, y)
+    checked_calls, model.calls = model.calls, 0
+    unchecked = attack.run_unchecked(model, x, y)
+    assert torch.equal(unchecked.x_adv, checked.x_adv)
+    assert torch.equal(unchecked.success, checked.success)
+    assert unchecked.queries == checked.queries
+    # The checks of run cost one forward (labels against the model's outputs); nothing else goes.
+    assert model.calls == checked_calls - 1
+
+
+def test_run_unchecked_still_projects_and_restores_the_model(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    class Overshoot(mlsec.Attack):
+        """Returns examples far outside the ball and the bounds."""
+
+        def _perturb(self, problem: Problem) -> Perturbation:
+            return Perturbation(x_adv=problem.x + 5.0, logits=None, queries=0)
+
+    x, y = mnist[0][:16], mnist[1][:16]
+    x_before = x.clone()
+    cnn.train()
+    result = Overshoot(eps=0.1).run_unchecked(cnn, x, y)
+    assert cnn.training, "the model's mode was not restored"
+    assert all(p.requires_grad for p in cnn.parameters())
+    assert torch.equal(x, x_before)
+    assert distance(result.x_adv, x, "linf").max().item() <= 0.1 + 1e-6
+    assert result.x_adv.max().item() <= 1.0
+    # In the ball's corner at +eps wherever the bounds allow it.
+    assert torch.allclose(result.x_adv, (x + 0.1).clamp(max=1.0))
+
+
+def test_each_norms_region_is_its_ball_within_the_bounds() -> None:
+    assert geometry("linf") is LINF and geometry("l2") is L2
+    assert (LINF.art_norm, L2.art_norm) == (float("inf"), 2)
+    x = torch.tensor([[0.0, 0.5, 0.95, 0.2]])
+    far = torch.tensor([[0.9, -0.4, 0.5, 0.2]])
+    eps = torch.tensor(0.1)
+    box = LINF.region(x, eps, torch.tensor(0.0), torch.tensor(1.0))
+    assert torch.allclose(box.project(far), torch.tensor([[0.1, 0.4, 0.85, 0.2]]))
+    assert bool(box.contains(x).all())
+    assert box.contains(far).tolist() == [[False, False, False, True]]
+    ball = L2.region(x, torch.tensor(0.5), torch.tensor(0.0), torch.tensor(1.0))
+    projected = ball.project(far)
+    assert abs(float((projected - x).norm()) - 0.5) < 1e-6  # onto the sphere: the bounds allow it
+    assert bool(ball.contains(projected).all()) and not bool(ball.contains(far).any())
+    assert ball.contains(x).shape == (1, 1)  # per sample, broadcastable to x
+    # Selecting rows keeps each row's own ball.
+    two = L2.region(torch.cat([x, x + 0.01]), 0.5, 0.0, 1.0).select(torch.tensor([False, True]))
+    assert bool(two.contains(x + 0.01).all())
+    assert LINF.erasing_eps(0.0, 1.0, 784) == 0.5
+    assert L2.erasing_eps(0.0, 1.0, 784) == 28.0

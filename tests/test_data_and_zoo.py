@@ -85,6 +85,27 @@ def test_zoo_lists_and_refuses_unknown_names() -> None:
         mlsec.zoo.load("resnet")
 
 
+def test_zoo_entries_are_registered_and_their_weights_are_bundled() -> None:
+    assert mlsec.zoo.MODELS.names() == mlsec.zoo.list_models()
+    assert mlsec.zoo.list_models() == ["mnist-cnn", "mnist-cnn-pgd", "mnist-softmax"]
+    assert mlsec.zoo.list_defenses() == ["mnist-ape-gan", "mnist-defense-gan"]
+    files = [(n, e.name, e.weights) for n, e in mlsec.zoo.MODELS.items()]
+    files += [(n, e.name, e.weights) for n, e in mlsec.zoo.DEFENSES.items()]
+    assert len(files) == 5
+    for name, entry_name, file in files:
+        assert entry_name == name
+        assert resources.files("mlsec.zoo").joinpath(f"weights/{file}").is_file(), file
+    # A defense is not a model: asking for its architecture says which defenses exist.
+    with pytest.raises(InputError, match=r"unknown model 'mnist-ape-gan'.*bundled defenses"):
+        mlsec.zoo.architecture("mnist-ape-gan")
+    with pytest.raises(
+        InputError, match="unknown defense 'mnist-cnn'; bundled defenses: mnist-ape"
+    ):
+        mlsec.zoo.load_defense("mnist-cnn")
+    with pytest.raises(ValueError, match="already registered"):
+        mlsec.zoo.MODELS.register("mnist-cnn")(mlsec.zoo.MODELS.get("mnist-cnn"))
+
+
 def test_zoo_weights_are_safetensors_not_pickles() -> None:
     blob = resources.files("mlsec.zoo").joinpath("weights/mnist_cnn.safetensors").read_bytes()
     header_length = int.from_bytes(blob[:8], "little")

@@ -25,7 +25,7 @@ from PIL import Image
 
 import mlsec
 from mlsec.errors import InputError
-from mlsec.io.loading import load_data, load_model
+from mlsec.io import load_data, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

@@ -25,7 +25,7 @@ from torch import nn
 import mlsec
 from mlsec.cli import main
 from mlsec.errors import InputError
-from mlsec.io.loading import load_model
+from mlsec.io import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -20,19 +21,18 @@ from safetensors.torch import save_file
 from torch import nn
 
 import mlsec
+from mlsec.core.data import as_tensors
 from mlsec.core.model import frozen
 from mlsec.errors import InputError
-from mlsec.io.loading import (
+from mlsec.io import (
     CLASS_MAP_NOTE,
     PICKLE_WARNING,
-    apply_normalize,
-    as_tensors,
+    Terms,
     image_folder_classes,
     load_data,
+    load_entry_point,
     load_model,
-    parse_normalize,
 )
-from mlsec.zoo import architectures
 
 N = 64
 
@@ -159,7 +159,7 @@ def test_every_model_format_gives_the_original_logits(
     assert out.shape == reference.shape
     torch.testing.assert_close(out, reference, atol=1e-5, rtol=0)
     weights_only = kind in ("safetensors", "state-dict", "checkpoint")
-    assert any(f"into --arch {arch}:cnn" in note for note in notes) == weights_only
+    assert any(f"into arch {arch}:cnn" in note for note in notes) == weights_only
     assert any("was not used" in note for note in notes) == (not weights_only)
 
 
@@ -231,7 +231,7 @@ def test_pickled_model_is_refused_without_trust_pickle(files: dict[str, Path]) -
         lambda: load_model(str(files["pickle"])),
         "cnn_whole.pt is a pickled Python object",
         "torch.nn.modules.container.Sequential",
-        "--trust-pickle",
+        "pass trust_pickle=True only if",
         "run code",
     )
 
@@ -253,7 +253,7 @@ def test_refused_pickle_runs_no_code_and_a_trusted_one_does(tmp_path: Path) -> N
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
     torch.save(_MkdirOnLoad(marker), path)
-    _input_error(lambda: load_model(str(path)), "posix.mkdir", "--trust-pickle")
+    _input_error(lambda: load_model(str(path)), "posix.mkdir", "trust_pickle=True")
     assert not marker.exists()
     # Trusted, the file's code runs (and gives no model).
     _input_error(lambda: load_model(str(path), trust_pickle=True), "holds a NoneType")
@@ -290,7 +290,7 @@ def test_exported_program_with_pickled_weights_is_refused_unread(
         return data
 
     path = _rewrite_zip(files["export"], tmp_path / "evil.pt2", change)
-    _input_error(lambda: load_model(str(path)), "holds a pickled weight", "--trust-pickle")
+    _input_error(lambda: load_model(str(path)), "holds a pickled weight", "trust_pickle=True")
     assert not marker.exists()
 
 
@@ -327,7 +327,7 @@ def test_truncated_model_files(
     half = _truncate(source, tmp_path / f"{source.stem}_half{source.suffix}")
     _input_error(
         lambda: load_model(str(half), arch=f"{arch}:cnn", trust_pickle=True),
-        f"--model: cannot read {half.parent}/{reading_as}",
+        f"model: cannot read {half.parent}/{reading_as}",
     )
 
 
@@ -336,7 +336,7 @@ def test_weights_of_another_network(tmp_path: Path, arch: str) -> None:
     save_file(mlsec.zoo.load("mnist-softmax").state_dict(), str(path))
     _input_error(
         lambda: load_model(str(path), arch=f"{arch}:cnn"),
-        f"the weights in {path} do not fit --arch {arch}:cnn",
+        f"model: the weights in {path} do not fit arch {arch}:cnn",
         "keys 8 missing (0.bias, 0.weight, 3.bias, ...); 2 unexpected (1.bias, 1.weight)",
     )
 
@@ -355,15 +355,14 @@ def test_weights_of_the_wrong_shape(tmp_path: Path, arch: str) -> None:
 @pytest.mark.parametrize("kind", ["safetensors", "state-dict"])
 def test_weights_without_arch(kind: str, files: dict[str, Path]) -> None:
     _input_error(
-        lambda: load_model(str(files[kind])), "holds weights only", "--arch module:factory"
+        lambda: load_model(str(files[kind])), "holds weights only", "give arch module:factory"
     )
 
 
 def test_arch_that_is_not_a_network(files: dict[str, Path], arch: str) -> None:
     _input_error(
         lambda: load_model(str(files["safetensors"]), arch=f"{arch}:not_a_module"),
-        "--arch",
-        "must return a torch.nn.Module (got int)",
+        f"arch: {arch}:not_a_module must return a torch.nn.Module (got int)",
     )
 
 
@@ -388,7 +387,7 @@ def test_file_name_with_control_characters_stays_on_one_line(tmp_path: Path) -> 
     path.write_bytes(b"not a model")
     message = _input_error(
         lambda: load_model(str(path)),
-        "--model: cannot read '",
+        "model: cannot read '",
         "bad\\nname\\x1b[31m.pt' as a PyTorch file: Unsupported operand 110",
     )
     assert "\x1b" not in message
@@ -496,7 +495,7 @@ def test_broken_npz(case: str, tmp_path: Path) -> None:
     arrays, message = BROKEN_NPZ[case]
     path = tmp_path / "broken.npz"
     np.savez(path, **arrays)
-    _input_error(lambda: load_data(str(path)), f"--data {path}: {message}")
+    _input_error(lambda: load_data(str(path)), f"data: {path}: {message}")
 
 
 def test_truncated_npz_and_other_files(
@@ -516,9 +515,9 @@ def test_truncated_npz_and_other_files(
     _input_error(lambda: load_data(str(tmp_path / "none.npz")), "no such file or folder")
     text = tmp_path / "digits.csv"
     text.write_text("0,0,0\n")
-    _input_error(lambda: load_data(str(text)), f"--data {text}: not an .npz archive")
-    _input_error(lambda: load_data("/dev/null"), "--data: /dev/null is not a regular file")
-    _input_error(lambda: load_model("/dev/null"), "--model: /dev/null is not a regular file")
+    _input_error(lambda: load_data(str(text)), f"data: {text}: not an .npz archive")
+    _input_error(lambda: load_data("/dev/null"), "data: /dev/null is not a regular file")
+    _input_error(lambda: load_model("/dev/null"), "model: /dev/null is not a regular file")
 
 
 # --- data: image folders ------------------------------------------------------------------------
@@ -702,59 +701,84 @@ def test_as_tensors_reports_bad_items_without_wrapping() -> None:
     )
 
 
-# --- normalization ------------------------------------------------------------------------------
+# --- messages: the library's terms, or the caller's ---------------------------------------------
+
+CLI_TERMS = Terms(arch="--arch", trust_pickle="--trust-pickle", defense="--defense")
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("0.1307,0.3081", ([0.1307], [0.3081])),
-        (
-            "0.485, 0.456, 0.406, 0.229, 0.224, 0.225",
-            ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ),
-        ("-1,2", ([-1.0], [2.0])),
-    ],
-)
-def test_parse_normalize(text: str, expected: tuple[list[float], list[float]]) -> None:
-    assert parse_normalize(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("0.5", "an odd count"),
-        ("0.5,0.5,0.5", "an odd count"),
-        ("", "expected comma-separated numbers"),
-        ("0.5,", "expected comma-separated numbers"),
-        ("mean,std", "expected comma-separated numbers"),
-        ("0.5,0", "std values must be > 0 (got 0.0)"),
-        ("0.5,0.5,1,-1", "std values must be > 0 (got 1.0,-1.0)"),
-        ("nan,1", "values must be finite"),
-        ("0,inf", "values must be finite"),
-    ],
-)
-def test_parse_normalize_rejects(text: str, message: str) -> None:
-    _input_error(lambda: parse_normalize(text), "--normalize", message)
-
-
-def test_apply_normalize_normalizes_inside_the_model(
-    sample: tuple[torch.Tensor, torch.Tensor],
-) -> None:
-    model = mlsec.zoo.load("mnist-cnn")
-    mean, std = parse_normalize("0.1307,0.3081")
-    wrapped = apply_normalize(model, mean, std, channels=1)
-    assert not wrapped.training
-    x = sample[0]
-    with torch.no_grad():
-        torch.testing.assert_close(wrapped(x), model((x - 0.1307) / 0.3081), atol=1e-6, rtol=0)
-        assert not torch.allclose(wrapped(x), model(x), atol=1e-3)
-
-
-def test_apply_normalize_checks_channels() -> None:
-    model = architectures.mnist_cnn()
-    _input_error(
-        lambda: apply_normalize(model, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2], channels=1),
-        "--normalize gives 3 channels but the inputs have 1",
+def test_errors_name_the_input_as_their_subject(files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        load_model(str(files["pickle"]))
+    assert info.value.subject == "model"
+    assert str(info.value) == f"model: {info.value.detail}"
+    assert info.value.detail.startswith(f"{files['pickle']} is a pickled Python object")
+    with pytest.raises(InputError) as info:
+        load_data(str(tmp_path / "none.npz"), subject="val")
+    assert info.value.subject == "val" and str(info.value).startswith("val: no such file")
+    with pytest.raises(InputError) as info:
+        load_model(str(files["safetensors"]), arch="no_such_module_xyz:f")
+    assert info.value.subject == "arch"
+    assert info.value.detail == (
+        "cannot import module 'no_such_module_xyz' "
+        "(ModuleNotFoundError: No module named 'no_such_module_xyz')"
     )
-    assert isinstance(apply_normalize(model, [0.5], [0.2], channels=3), mlsec.Normalized)
+
+
+@pytest.mark.parametrize("cli", [False, True])
+def test_messages_name_other_inputs_in_the_callers_terms(
+    cli: bool, files: dict[str, Path], arch: str
+) -> None:
+    """A Python caller reads ``trust_pickle=True``; the command line passes its own flags."""
+    terms = CLI_TERMS if cli else Terms()
+    trust, arch_term, defense_term = (
+        ("--trust-pickle", "--arch", "--defense")
+        if cli
+        else ("trust_pickle=True", "arch", "defense")
+    )
+    refused = _input_error(
+        lambda: load_model(str(files["pickle"]), terms=terms), f"pass {trust} only if"
+    )
+    weights = _input_error(
+        lambda: load_model(str(files["state-dict"]), terms=terms), f"give {arch_term} module:"
+    )
+    assert ("--" in refused + weights) == cli
+    _, _, notes = load_model(str(files["safetensors"]), arch=f"{arch}:cnn", terms=terms)
+    assert any(f"into {arch_term} {arch}:cnn" in note for note in notes), notes
+    defense = _input_error(lambda: load_model("mnist-defense-gan", terms=terms), "bundled defense")
+    assert defense.endswith(f"audit a model behind it with {defense_term} mnist-defense-gan")
+
+
+def test_entry_points_name_their_subject(arch: str) -> None:
+    assert isinstance(load_entry_point(f"{arch}:cnn", "arch"), nn.Module)
+    _input_error(lambda: load_entry_point("no_colon", "arch"), "arch: must look like module:")
+    _input_error(
+        lambda: load_entry_point(f"{arch}:missing"),
+        f"entry point: module '{arch}' has no attribute 'missing'",
+    )
+
+
+def _code_texts(tree: ast.Module) -> list[str]:
+    """Every string literal of a module's code: docstrings and ``PICKLE_WARNING`` aside."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            skip.add(id(body[0].value))  # a docstring
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PICKLE_WARNING":
+            skip.add(id(node.value))  # the note, kept as the command line prints it
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip
+    ]
+
+
+def test_io_messages_name_no_command_line_flag() -> None:
+    """Flags come from the caller (``Terms``), never from io's own text."""
+    folder = Path(mlsec.__file__).parent / "io"
+    checked = 0
+    for module in sorted(folder.glob("*.py")):
+        texts = _code_texts(ast.parse(module.read_text()))
+        checked += len(texts)
+        assert not [text for text in texts if "--" in text], module.name
+    assert checked > 100  # the walk found the messages

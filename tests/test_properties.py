@@ -1,15 +1,18 @@
 """Property tests of the guarantees every attack makes, over random shapes, dtypes and settings.
 
-The guarantees (see the Attack base class): every sample of ``x_adv`` lies within eps of ``x`` in
-the attack's norm and inside the bounds; shape, dtype and device are those of ``x``; ``x`` and ``y``
-are not mutated; the same seed gives the same result; ``success`` is what the model predicts on
-``x_adv``.
+They run over every registered attack (``mlsec.attacks.list_attacks()``), each with small
+settings. The guarantees (see the Attack base class): every sample of ``x_adv`` lies within eps
+of ``x`` in the attack's norm and inside the bounds; shape, dtype and device are those of ``x``;
+``x`` and ``y`` are not mutated; the same seed gives the same result; ``success`` is what the
+model predicts on ``x_adv``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -17,8 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mlsec.attacks import FGSM, PGD, Attack
+import mlsec
+from mlsec.attacks import Attack, create, get, list_attacks
 from mlsec.core.threat import Norm
+
+# DeepFool has no targeted mode: with a drawn target it warns and returns x (still admissible).
+pytestmark = pytest.mark.filterwarnings("ignore:ART's DeepFool has no targeted mode:UserWarning")
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 NORMS: tuple[Norm, ...] = ("linf", "l2")
@@ -44,30 +51,56 @@ class Case:
     target: torch.Tensor | None
 
 
+# Every registered attack, with settings small enough for hundreds of examples; an attack
+# without an entry runs with its defaults. Drawn settings (steps, restarts, ...) go on top.
+SMALL: dict[str, dict[str, Any]] = {
+    "pgd": {"steps": 3},
+    "apgd": {"steps": 3},
+    "apgd-dlr": {"steps": 3},
+    "apgd-t": {"steps": 3, "targets": 2},
+    "square": {"queries": 12},
+    "eot": {"attack": {"name": "pgd", "steps": 2}, "samples": 2},
+    "art": {"attack": "ProjectedGradientDescent", "max_iter": 2},
+    "art-deepfool": {"max_iter": 2},
+    "art-elasticnet": {"max_iter": 2, "binary_search_steps": 1},
+}
+# The fewest classes each attack's loss needs (targeted DLR ranks four logits).
+MIN_CLASSES = {"apgd-dlr": 4, "apgd-t": 4}
+# Examples per attack: the core attacks get the most, ART's (seconds to set up) the fewest.
+EXAMPLES = {"fgsm": 500, "pgd": 700}
+DEFAULT_EXAMPLES = 60
+ART_EXAMPLES = 15
+ATTACKS = list_attacks()
+
+
+def _examples(name: str) -> int:
+    return EXAMPLES.get(name, ART_EXAMPLES if name.startswith("art") else DEFAULT_EXAMPLES)
+
+
+def _attack(draw: st.DrawFn, name: str, common: dict[str, Any]) -> Attack:
+    params = {**SMALL.get(name, {}), **common}
+    fields = {f.name for f in dataclasses.fields(get(name))}
+    if "restarts" in fields and not name.startswith("art"):
+        params["restarts"] = draw(st.integers(1, 3))
+    if name == "pgd":
+        params["steps"] = draw(st.integers(1, 5))
+        params["random_start"] = draw(st.booleans())
+    return create(name, **params)
+
+
 @st.composite
-def cases(draw: st.DrawFn, bounds: tuple[float, float] = (0.0, 1.0)) -> Case:
+def cases(draw: st.DrawFn, name: str, bounds: tuple[float, float] = (0.0, 1.0)) -> Case:
     batch = draw(st.integers(1, 5))
     channels = draw(st.integers(1, 3))
     height = draw(st.integers(2, 8))
     width = draw(st.integers(2, 8))
-    classes = draw(st.integers(2, 5))
+    classes = draw(st.integers(MIN_CLASSES.get(name, 2), 5))
     dtype = draw(st.sampled_from(DTYPES))
-    norm: Norm = draw(st.sampled_from(NORMS))
+    norms = [n for n in NORMS if n in get(name).norms]
+    norm: Norm = draw(st.sampled_from(norms))
     eps = draw(st.floats(0.0, MAX_EPS[norm]))
     seed = draw(st.integers(0, 2**31 - 1))
-    attack: Attack
-    if draw(st.booleans()):
-        attack = FGSM(eps=eps, norm=norm, bounds=bounds, seed=seed)
-    else:
-        attack = PGD(
-            eps=eps,
-            norm=norm,
-            bounds=bounds,
-            seed=seed,
-            steps=draw(st.integers(1, 5)),
-            restarts=draw(st.integers(1, 3)),
-            random_start=draw(st.booleans()),
-        )
+    attack = _attack(draw, name, {"eps": eps, "norm": norm, "bounds": bounds, "seed": seed})
 
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     features = channels * height * width
@@ -128,13 +161,27 @@ def _check_guarantees(case: Case) -> None:
     )
 
 
-@settings(max_examples=1500, deadline=None)
-@given(case=cases())
-def test_attacks_keep_their_guarantees(case: Case) -> None:
-    _check_guarantees(case)
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attacks_keep_their_guarantees(name: str) -> None:
+    @settings(max_examples=_examples(name), deadline=None)
+    @given(case=cases(name))
+    def check(case: Case) -> None:
+        _check_guarantees(case)
+
+    check()
 
 
-@settings(max_examples=400, deadline=None)
-@given(case=cases(bounds=(-1.0, 2.0)))
-def test_attacks_keep_their_guarantees_with_other_bounds(case: Case) -> None:
-    _check_guarantees(case)
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attacks_keep_their_guarantees_with_other_bounds(name: str) -> None:
+    @settings(max_examples=max(_examples(name) // 4, 5), deadline=None)
+    @given(case=cases(name, bounds=(-1.0, 2.0)))
+    def check(case: Case) -> None:
+        _check_guarantees(case)
+
+    check()
+
+
+def test_every_registered_attack_is_drawn() -> None:
+    # The parametrisation comes from the registry: a newly registered attack is checked too.
+    assert {"fgsm", "pgd", "apgd", "square", "eot"} <= set(ATTACKS)
+    assert sorted(mlsec.attacks.list_attacks()) == ATTACKS

@@ -14,9 +14,10 @@ import mlsec
 from mlsec.attacks import FGSM
 from mlsec.auditing.defended import evaluate_defense, worst_cases
 from mlsec.cli import main
-from mlsec.defenses import APEGAN, DefenseGAN, PurifiedModel, load_defense
+from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, PurifiedModel, load_defense
 from mlsec.defenses.purifiers.ape_gan import ape_generator
 from mlsec.defenses.purifiers.networks import mnist_encoder, mnist_generator
+from mlsec.defenses.weights import save_weights
 from mlsec.errors import InputError
 
 WEIGHTS = Path(mlsec.__file__).parent / "zoo" / "weights"
@@ -315,6 +316,18 @@ def test_bad_defense_gan_settings_are_one_line_errors(
     assert "\n" not in str(error.value)
 
 
+def test_purifiers_are_registered_by_name() -> None:
+    assert PURIFIERS.names() == ["ape-gan", "defense-gan"]
+    for name, cls in PURIFIERS.items():
+        assert cls.name == name
+    assert PURIFIERS.get("Defense-GAN") is DefenseGAN and PURIFIERS.get("ape-gan") is APEGAN
+    assert sorted(PURIFIERS) == ["ape-gan", "defense-gan"] and "ape-gan" in PURIFIERS
+    with pytest.raises(InputError, match="unknown defense 'pixel-defend'; available: ape-gan"):
+        PURIFIERS.get("pixel-defend")
+    with pytest.raises(ValueError, match="'ape-gan' is already registered"):
+        PURIFIERS.register("ape-gan")(APEGAN)
+
+
 def test_unfitted_and_misused_purifiers_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not fitted"):
         DefenseGAN().purify(torch.rand(1, 1, 28, 28))
@@ -325,7 +338,7 @@ def test_unfitted_and_misused_purifiers_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="adv_weight are both 0"):
         APEGAN(recon_weight=0, adv_weight=0)
     plain = tmp_path / "plain.safetensors"
-    mlsec.defenses.training.save_weights(mnist_generator(8), plain)
+    save_weights(mnist_generator(8), plain)
     ape = tmp_path / "ape.safetensors"
     APEGAN(width=8, generator=ape_generator(8)).save(ape)
     with pytest.raises(InputError, match="holds a saved ape-gan, not a DefenseGAN"):

@@ -20,7 +20,7 @@ from PIL import Image
 
 import mlsec
 from mlsec.auditing.report import AttackOutcome, AuditReport, Example, ThresholdResult
-from mlsec.reports.html import WORST_CASE_COLOR
+from mlsec.reports.plot import WORST_CASE_COLOR
 
 HOSTILE_NAME = '<script>alert(1)</script> & "quotes"'
 N = 200

@@ -492,6 +492,31 @@ def test_defend_resume_refuses_fewer_steps_than_done(
     assert f"the checkpoint in {run} is at step 2, past gan_steps 1" in err
 
 
+def test_gan_resume_errors_name_the_resume_argument_not_a_flag(tmp_path: Path) -> None:
+    x, y = mlsec.datasets.mnist_sample()
+    images = (x[:32], y[:32])
+    options: dict[str, Any] = {"encoder_steps": 0, "batch_size": 16, "folder": str(tmp_path)}
+    DefenseGAN(latent=8, width=8).fit(images, gan_steps=2, **options)
+    with pytest.raises(InputError) as past:
+        DefenseGAN(latent=8, width=8).fit(images, gan_steps=1, resume=True, **options)
+    with pytest.raises(InputError) as other:
+        DefenseGAN(latent=8, width=16).fit(images, gan_steps=3, resume=True, **options)
+    (tmp_path / CHECKPOINT).write_bytes(b"junk")
+    with pytest.raises(InputError) as broken:
+        DefenseGAN(latent=8, width=8).fit(images, gan_steps=3, resume=True, **options)
+    with pytest.raises(InputError) as nowhere:
+        DefenseGAN(latent=8, width=8).fit(images, gan_steps=3, resume=True)
+    assert str(past.value) == (
+        f"resume: the checkpoint in {tmp_path} is at step 2, past gan_steps 1; give gan_steps 2 "
+        "or more, or start a new run in another folder"
+    )
+    assert "params.width: 8 in the checkpoint, 16 now" in str(other.value)
+    assert f"cannot read {tmp_path / CHECKPOINT}" in str(broken.value)
+    for error in (past, other, broken, nowhere):
+        assert error.value.subject == "resume"
+        assert "--" not in str(error.value), str(error.value)
+
+
 def test_defend_resume_refuses_a_checkpoint_of_another_run(
     gan_runs: dict[str, Path],
     finished_train_run: Path,

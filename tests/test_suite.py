@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlsec.attacks import APGD, APGDDLR, APGDT, FGSM, PGD, Square
+from mlsec.auditing.plan import make_plan, strength_note
 from mlsec.auditing.suite import BUILTIN_SUITES, load_suite, parse_eps
 from mlsec.errors import InputError
 
@@ -106,13 +107,54 @@ def test_bad_suites_name_the_line(tmp_path: Path, text: str, message: str) -> No
 
 
 def test_unknown_suite_name() -> None:
+    # The library's terms: the error names its argument, the command line maps it to --suite.
+    with pytest.raises(InputError, match=r"^suite: paranoid is neither") as info:
+        load_suite("paranoid")
+    assert info.value.subject == "suite"
+    assert not info.value.detail.startswith("--")
     with pytest.raises(InputError, match="neither a built-in suite"):
         load_suite("paranoid")
 
 
 def test_parse_eps_accepts_fractions() -> None:
     assert parse_eps("8/255, 0.1") == pytest.approx([8 / 255, 0.1])
-    with pytest.raises(InputError, match="not a number"):
+    with pytest.raises(InputError, match="not a number") as info:
         parse_eps("0.1,big")
+    assert info.value.subject == "eps" and info.value.detail.startswith("'big'")
     with pytest.raises(InputError, match="not a number"):
         parse_eps("1/0")
+
+
+@pytest.mark.parametrize(
+    ("chain", "missing"),
+    [
+        ("default", "no APGD-CE, no APGD-T or APGD-DLR, no Square"),
+        ("quick", "no APGD-CE, no APGD-T or APGD-DLR, no Square"),
+        ("standard", None),
+        ("thorough", None),
+    ],
+)
+def test_strength_note_of_the_builtin_suites(chain: str, missing: str | None) -> None:
+    plan = make_plan(load_suite(chain))
+    if missing is None:
+        assert plan.strength_note is None
+    else:
+        assert plan.strength_note is not None
+        assert plan.strength_note.startswith(f"weaker than the standard suite ({missing}):")
+        assert "--suite standard" in plan.strength_note
+
+
+def test_strength_note_names_what_is_missing_or_cut_short() -> None:
+    eps = 0.3
+    full = [APGD(eps=eps), APGDT(eps=eps), Square(eps=eps)]
+    assert strength_note(full) is None
+    assert strength_note([APGD(eps=eps), APGDDLR(eps=eps), Square(eps=eps)]) is None
+    note = strength_note([APGD(eps=eps), Square(eps=eps)])
+    assert note is not None and "(no APGD-T or APGD-DLR)" in note
+    note = strength_note([APGD(eps=eps, steps=10), APGDT(eps=eps), Square(eps=eps, queries=100)])
+    assert note is not None
+    assert "(APGD-CE at 10 steps, not 100, Square at 100 queries, not 5000)" in note
+    # Overriding the standard suite's steps makes it weaker, and the note says so.
+    cut = make_plan(load_suite("standard").with_overrides(params={"steps": 20}))
+    assert cut.strength_note is not None and "APGD-CE at 20 steps" in cut.strength_note
+    assert strength_note([FGSM(eps=eps), PGD(eps=eps, steps=1000)]) is not None

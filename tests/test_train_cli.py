@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,20 +176,22 @@ def user_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return name
 
 
+# Each message names the flag at fault: the library's error with a subject is shown as
+# "--flag: detail", an older one without a subject keeps its words ("--epochs: epochs must ...").
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--eps", "-0.1"], "--method pgd: eps must be"),
-        (["--steps", "0"], "steps must be an integer >= 1"),
-        (["--method", "trades", "--beta", "-1"], "beta must be a number >= 0"),
-        (["--beta", "1"], "--beta applies to --method trades, not pgd"),
-        (["--alpha", "0.1"], "--alpha applies to --method fast, not pgd"),
-        (["--schedule", "exponential"], "--schedule: schedule 'exponential' does not parse"),
-        (["--schedule", "step:50"], "step epochs must lie in"),
-        (["--epochs", "0"], "--epochs: epochs must be an integer >= 1"),
-        (["--lr", "-1"], "--lr: lr must be a number > 0"),
-        (["--resume"], "holds no checkpoint.safetensors"),
-        (["--device", "tpu"], "unknown device"),
+        (["--eps", "-0.1"], r"(--method pgd: eps|--eps:) must be"),
+        (["--steps", "0"], r"(steps|--steps:) must be an integer >= 1"),
+        (["--method", "trades", "--beta", "-1"], r"(beta|--beta:) must be a number >= 0"),
+        (["--beta", "1"], r"--beta applies to --method trades, not pgd"),
+        (["--alpha", "0.1"], r"--alpha applies to --method fast, not pgd"),
+        (["--schedule", "exponential"], r"--schedule: (schedule )?'exponential' does not parse"),
+        (["--schedule", "step:50"], r"--schedule: .*step epochs must lie in \[1, 9\]"),
+        (["--epochs", "0"], r"--epochs: (epochs )?must be an integer >= 1"),
+        (["--lr", "-1"], r"--lr: (lr )?must be a number > 0"),
+        (["--resume"], r"--resume: .*holds no checkpoint\.safetensors"),
+        (["--device", "tpu"], r"--device: unknown device 'tpu'"),
     ],
 )
 def test_bad_parameters_exit_2_with_one_line(
@@ -201,7 +204,7 @@ def test_bad_parameters_exit_2_with_one_line(
     train, val = data_files
     assert main([*train_args(train, val, tmp_path / "run"), *extra]) == 2
     err = capsys.readouterr().err
-    assert message in err
+    assert re.search(message, err), err
     assert err.startswith("mlsec: ") and err.count("\n") == 1, err
 
 

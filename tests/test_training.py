@@ -15,6 +15,7 @@ import mlsec
 from mlsec.attacks import PGD
 from mlsec.defenses import (
     TRADES,
+    AdversarialTraining,
     CatastrophicOverfittingWarning,
     FastAdversarialTraining,
     PGDAdversarialTraining,
@@ -22,6 +23,7 @@ from mlsec.defenses import (
     TrainConfig,
     parse_schedule,
 )
+from mlsec.defenses.training import METHODS
 from mlsec.errors import InputError
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -179,18 +181,28 @@ def test_resume_is_refused_with_other_settings_and_a_used_folder_without_resume(
     PGDAdversarialTraining(eps=0.1, steps=1).fit(
         small, model=fresh_cnn(0), config=config, held_out=held, folder=tmp_path
     )
-    with pytest.raises(InputError, match="holds the checkpoint of an earlier run"):
+    with pytest.raises(InputError, match="holds the checkpoint of an earlier run") as used:
         PGDAdversarialTraining(eps=0.1, steps=1).fit(
             small, model=fresh_cnn(0), config=config, held_out=held, folder=tmp_path
         )
-    with pytest.raises(InputError, match=r"other settings \(params"):
+    with pytest.raises(InputError, match=r"other settings \(params") as other:
         PGDAdversarialTraining(eps=0.2, steps=1).fit(
             small, model=fresh_cnn(0), config=config, held_out=held, folder=tmp_path, resume=True
         )
-    with pytest.raises(InputError, match=r"holds no checkpoint\.safetensors"):
+    with pytest.raises(InputError, match=r"holds no checkpoint\.safetensors") as empty:
         PGDAdversarialTraining(eps=0.1, steps=1).fit(
             small, model=fresh_cnn(0), config=config, folder=tmp_path / "new", resume=True
         )
+    with pytest.raises(InputError, match="resume needs the folder") as nowhere:
+        PGDAdversarialTraining(eps=0.1, steps=1).fit(
+            small, model=fresh_cnn(0), config=config, resume=True
+        )
+    # Library errors name the argument at fault in the library's terms, never a CLI flag.
+    assert used.value.subject is None
+    assert [e.value.subject for e in (other, empty, nowhere)] == ["resume"] * 3
+    assert str(other.value).startswith("resume: the checkpoint in ")
+    for error in (used, other, empty, nowhere):
+        assert "--" not in str(error.value), str(error.value)
 
 
 class PlantedCollapse(nn.Module):
@@ -325,3 +337,21 @@ def test_bad_data_and_models_are_refused(mnist: Data) -> None:
     frozen = fresh_cnn(0).requires_grad_(False)
     with pytest.raises(InputError, match="no trainable parameters"):
         method.fit((x, y), model=frozen)
+
+
+def test_methods_are_registered_by_name() -> None:
+    assert METHODS.names() == ["fast", "pgd", "standard", "trades"]
+    expected = {
+        "standard": StandardTraining,
+        "pgd": PGDAdversarialTraining,
+        "fast": FastAdversarialTraining,
+        "trades": TRADES,
+    }
+    for name, cls in expected.items():
+        assert METHODS.get(name) is cls and METHODS[name] is cls and cls.name == name
+        assert issubclass(cls, AdversarialTraining)
+    assert "PGD" in METHODS and "madry" not in METHODS and len(METHODS) == 4
+    with pytest.raises(InputError, match="unknown training method 'madry'; available: fast, pgd"):
+        METHODS["madry"]
+    with pytest.raises(ValueError, match="'pgd' is already registered"):
+        METHODS.register("pgd")(PGDAdversarialTraining)

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
+from mlsec.attacks.registry import create, register_attack
 from mlsec.core.validation import check_count
 from mlsec.errors import InputError
 
@@ -87,6 +89,12 @@ class _Expectation(nn.Module):
         return torch.logsumexp(log_p, dim=0) - math.log(self.samples)
 
 
+# EOT's eps until it is given: the threat model then comes from the inner attack.
+_FROM_ATTACK = -1.0
+_THREAT_FIELDS = ("eps", "norm", "bounds", "seed")
+
+
+@register_attack("eot")
 @dataclass(frozen=True, kw_only=True)
 class EOT(Attack):
     """Expectation over Transformation: ``attack`` against the mean prediction of ``samples`` draws.
@@ -95,36 +103,77 @@ class EOT(Attack):
     at once and uses the log of the mean softmax, so its gradient is the gradient of the expected
     loss's proxy rather than of one random draw. Success, too, is judged on the mean prediction.
 
+    The threat model (``eps``, ``norm``, ``bounds``, ``seed``) is the inner attack's when ``eps``
+    is left out; when ``eps`` is given, EOT's four fields are set on the inner attack, so that
+    ``create("eot", eps=0.3)`` and ``dataclasses.replace(eot, eps=0.1)`` do what they say.
+
     Args:
-        attack: any gradient attack (an instance, or a registered name with ``eps``).
+        attack: the inner gradient attack: an instance, a registered name, or a mapping with a
+            ``"name"`` and that attack's other parameters (what :meth:`params` gives); default
+            PGD with its default settings.
         samples: draws of the randomness per forward pass, folded into the batch.
 
     Example:
-        >>> from mlsec.attacks import PGD
+        >>> from mlsec.attacks import PGD, create
         >>> eot = EOT(attack=PGD(eps=0.3, steps=20), samples=8)
         >>> eot.eps, eot.norm
         (0.3, 'linf')
+        >>> inner = create("eot", eps=0.1, samples=4).attack
+        >>> type(inner).__name__, inner.eps, inner.steps
+        ('PGD', 0.1, 40)
 
     """
 
-    eps: float = -1.0  # taken from ``attack``
-    attack: Attack | None = None
+    eps: float = _FROM_ATTACK
+    attack: Attack | str | Mapping[str, Any] | None = None
     samples: int = 10
 
     def __post_init__(self) -> None:
-        if not isinstance(self.attack, Attack):
-            raise InputError(f"EOT needs an attack instance (got {type(self.attack).__name__})")
-        if isinstance(self.attack, EOT):
+        inner = self._inner()
+        if isinstance(inner, EOT):
             raise InputError("EOT of EOT: raise samples instead")
+        if self.eps == _FROM_ATTACK:
+            for name in _THREAT_FIELDS:
+                object.__setattr__(self, name, getattr(inner, name))
+        else:
+            changes = {
+                n: getattr(self, n) for n in _THREAT_FIELDS if getattr(self, n) != getattr(inner, n)
+            }
+            if changes:
+                inner = dataclasses.replace(inner, **changes)
+        object.__setattr__(self, "attack", inner)
         check_count("samples", self.samples)
-        for name in ("eps", "norm", "bounds", "seed"):
-            object.__setattr__(self, name, getattr(self.attack, name))
         super().__post_init__()
 
+    def _inner(self) -> Attack:
+        """The inner attack as an instance."""
+        given = self.attack
+        threat = {} if self.eps == _FROM_ATTACK else {n: getattr(self, n) for n in _THREAT_FIELDS}
+        if given is None or isinstance(given, str | Mapping):
+            if not threat:
+                raise InputError(
+                    "EOT needs eps, or an attack instance to take the threat model from"
+                )
+            params = dict(given) if isinstance(given, Mapping) else {}
+            name = params.pop("name", given if isinstance(given, str) else "pgd")
+            return create(str(name), **{**params, **threat})
+        if not isinstance(given, Attack):
+            raise InputError(f"EOT needs an attack instance (got {type(given).__name__})")
+        return given
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as plain data; the inner attack as its name and its parameters."""
+        inner = self.attack
+        assert isinstance(inner, Attack)
+        own = {n: v for n, v in inner.params().items() if n not in _THREAT_FIELDS}
+        common = {n: getattr(self, n) for n in _THREAT_FIELDS}
+        return {**common, "attack": {"name": inner.name, **own}, "samples": self.samples}
+
     def _perturb(self, problem: Problem) -> Perturbation:
-        assert self.attack is not None
+        inner = self.attack
+        assert isinstance(inner, Attack)
         averaged = _Expectation(problem.model, self.samples)
-        answer = self.attack._perturb(dataclasses.replace(problem, model=averaged))
+        answer = inner._perturb(dataclasses.replace(problem, model=averaged))
         return Perturbation(
             x_adv=answer.x_adv, logits=answer.logits, queries=answer.queries * self.samples
         )

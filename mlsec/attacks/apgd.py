@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +25,9 @@ import torch.nn.functional as F
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
-from mlsec.core.validation import check_count
+from mlsec.attacks.steps import best_of_folds, first_success_first, fold, per_sample, success_mask
+from mlsec.core.threat import Geometry, Region
+from mlsec.core.validation import check_count, check_fraction
 from mlsec.errors import InputError
 
 __all__ = ["APGD", "APGDDLR", "APGDT", "checkpoints", "dlr_loss"]
@@ -118,9 +121,7 @@ class APGD(Attack):
         if self.loss not in ("ce", "dlr"):
             raise InputError(f"loss must be 'ce' or 'dlr' (got {self.loss!r})")
         for name in ("rho", "momentum"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise InputError(f"{name} must be a number in [0, 1] (got {value!r})")
+            check_fraction(name, getattr(self, name))
 
     def _perturb(self, problem: Problem) -> Perturbation:
         batch = problem.x.shape[0]
@@ -142,13 +143,10 @@ class APGD(Attack):
             folds = self.restarts * k
         elif aims is not None:
             aims = aims.repeat(folds)
-        x = problem.x.repeat(folds, *([1] * (problem.x.dim() - 1)))
-        y = labels.repeat(folds)
+        x, y = fold(problem.x, folds), fold(labels, folds)
         best_x, best_logits, found, best_loss = self._ascend(problem, x, y, aims)
         # Per sample: the first fold that succeeded, else the one with the highest loss.
-        score = torch.where(found, torch.full_like(best_loss, float("inf")), best_loss)
-        pick = score.view(folds, batch).argmax(dim=0)
-        chosen = pick * batch + torch.arange(batch, device=x.device)
+        chosen = best_of_folds(first_success_first(found, best_loss), folds, batch)
         return Perturbation(
             x_adv=best_x[chosen],
             logits=best_logits[chosen],
@@ -156,13 +154,11 @@ class APGD(Attack):
             + (1 if self.targets and problem.target is None else 0),
         )
 
-    def _ascend(
-        self, problem: Problem, x: torch.Tensor, y: torch.Tensor, aims: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """APGD on the folded batch; returns kept examples, their logits, success, best loss."""
-        geometry = problem.geometry
+    def _objective(
+        self, problem: Problem, y: torch.Tensor, aims: torch.Tensor | None
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+        """The per-row loss to maximise and the success test, on the folded batch."""
         user_targeted = problem.target is not None
-        per = (-1, *([1] * (x.dim() - 1)))
 
         def loss_of(logits: torch.Tensor) -> torch.Tensor:
             if self.loss == "dlr":
@@ -179,11 +175,20 @@ class APGD(Attack):
             return -F.cross_entropy(logits.float(), aims, reduction="none")
 
         def succeeded(logits: torch.Tensor) -> torch.Tensor:
-            predicted = logits.argmax(dim=1)
             if user_targeted:
                 assert aims is not None
-                return predicted == aims
-            return predicted != y
+                return success_mask(logits, aims, targeted=True)
+            return success_mask(logits, y, targeted=False)
+
+        return loss_of, succeeded
+
+    def _ascend(
+        self, problem: Problem, x: torch.Tensor, y: torch.Tensor, aims: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """APGD on the folded batch; returns kept examples, their logits, success, best loss."""
+        geometry = problem.geometry
+        region = problem.region(x)
+        loss_of, succeeded = self._objective(problem, y, aims)
 
         def evaluate(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             point, logits = problem.forward_for_gradient(point)
@@ -191,57 +196,121 @@ class APGD(Attack):
             (grad,) = torch.autograd.grad(loss.sum(), point)
             return loss.detach(), logits.detach(), grad.detach()
 
-        eps = problem.eps
-        x_adv = problem.clip(x, x + geometry.random_start(x, eps, problem.generator))
+        x_adv = region.project(x + geometry.random_start(x, problem.eps, problem.generator))
         loss, logits, grad = evaluate(x_adv)
-        found = succeeded(logits)
-        kept_x, kept_logits = x_adv.clone(), logits.clone()
-        best_loss, best_x, best_grad = loss.clone(), x_adv.clone(), grad.clone()
-        best_logits = logits.clone()
-        step = torch.full((x.shape[0],), 2.0, dtype=x.dtype, device=x.device) * eps
-        previous = x_adv
-        last_loss = loss
-        rises = torch.zeros_like(loss)
-        best_at_check = best_loss.clone()
-        halved_at_check = torch.ones_like(found)
+        state = _State.start(x_adv, loss, logits, grad, succeeded(logits), problem.eps)
         marks = set(checkpoints(self.steps))
         since = 0
         for i in range(self.steps):
             with torch.no_grad():
-                move = x_adv - previous
-                z = problem.clip(x, x_adv + step.view(per) * geometry.ascent(grad))
-                a = self.momentum if i > 0 else 1.0
-                candidate = problem.clip(x, x_adv + a * (z - x_adv) + (1 - a) * move)
-                previous, x_adv = x_adv, candidate
+                x_adv = state.move(region, geometry, self.momentum if i > 0 else 1.0)
             loss, logits, grad = evaluate(x_adv)
-            hit = succeeded(logits)
-            new = hit & ~found
-            kept_x = torch.where(new.view(per), x_adv, kept_x)
-            kept_logits = torch.where(new[:, None], logits, kept_logits)
-            found = found | hit
-            rises = rises + (loss > last_loss).to(rises.dtype)
-            last_loss = loss
-            better = loss > best_loss
-            best_x = torch.where(better.view(per), x_adv, best_x)
-            best_grad = torch.where(better.view(per), grad, best_grad)
-            best_logits = torch.where(better[:, None], logits, best_logits)
-            best_loss = torch.where(better, loss, best_loss)
+            state.observe(x_adv, loss, logits, grad, succeeded(logits))
             since += 1
             if i + 1 in marks:
-                stalled = rises < self.rho * since
-                no_progress = ~halved_at_check & (best_at_check >= best_loss)
-                halve = stalled | no_progress
-                step = torch.where(halve, step / 2, step)
-                x_adv = torch.where(halve.view(per), best_x, x_adv)
-                grad = torch.where(halve.view(per), best_grad, grad)
-                halved_at_check = halve
-                best_at_check = best_loss.clone()
-                rises = torch.zeros_like(rises)
+                state.checkpoint(self.rho, since)
                 since = 0
-        # A sample that never succeeded keeps its highest-loss point.
-        kept_x = torch.where(found.view(per), kept_x, best_x)
-        kept_logits = torch.where(found[:, None], kept_logits, best_logits)
-        return kept_x, kept_logits, found, best_loss
+        return state.result()
+
+
+@dataclass
+class _State:
+    """APGD's per-row state on the folded batch (every field ``[rows, ...]``)."""
+
+    x_adv: torch.Tensor
+    previous: torch.Tensor
+    grad: torch.Tensor
+    last_loss: torch.Tensor
+    step: torch.Tensor
+    found: torch.Tensor
+    kept_x: torch.Tensor
+    kept_logits: torch.Tensor
+    best_loss: torch.Tensor
+    best_x: torch.Tensor
+    best_grad: torch.Tensor
+    best_logits: torch.Tensor
+    rises: torch.Tensor
+    best_at_check: torch.Tensor
+    halved_at_check: torch.Tensor
+
+    @classmethod
+    def start(
+        cls,
+        x_adv: torch.Tensor,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        grad: torch.Tensor,
+        found: torch.Tensor,
+        eps: torch.Tensor,
+    ) -> _State:
+        """The state at the random start, with a step of ``2 * eps``."""
+        return cls(
+            x_adv=x_adv,
+            previous=x_adv,
+            grad=grad,
+            last_loss=loss,
+            step=torch.full((x_adv.shape[0],), 2.0, dtype=x_adv.dtype, device=x_adv.device) * eps,
+            found=found,
+            kept_x=x_adv.clone(),
+            kept_logits=logits.clone(),
+            best_loss=loss.clone(),
+            best_x=x_adv.clone(),
+            best_grad=grad.clone(),
+            best_logits=logits.clone(),
+            rises=torch.zeros_like(loss),
+            best_at_check=loss.clone(),
+            halved_at_check=torch.ones_like(found),
+        )
+
+    def move(self, region: Region, geometry: Geometry, momentum: float) -> torch.Tensor:
+        """The next iterate: a projected step, blended with the previous move by ``momentum``."""
+        move = self.x_adv - self.previous
+        z = region.project(
+            self.x_adv + per_sample(self.step, self.x_adv) * geometry.ascent(self.grad)
+        )
+        candidate = region.project(self.x_adv + momentum * (z - self.x_adv) + (1 - momentum) * move)
+        self.previous, self.x_adv = self.x_adv, candidate
+        return candidate
+
+    def observe(
+        self,
+        x_adv: torch.Tensor,
+        loss: torch.Tensor,
+        logits: torch.Tensor,
+        grad: torch.Tensor,
+        hit: torch.Tensor,
+    ) -> None:
+        """Record an iterate: first successes, loss rises and the best point so far."""
+        self.grad = grad
+        new = hit & ~self.found
+        self.kept_x = torch.where(per_sample(new, x_adv), x_adv, self.kept_x)
+        self.kept_logits = torch.where(new[:, None], logits, self.kept_logits)
+        self.found = self.found | hit
+        self.rises = self.rises + (loss > self.last_loss).to(self.rises.dtype)
+        self.last_loss = loss
+        better = loss > self.best_loss
+        self.best_x = torch.where(per_sample(better, x_adv), x_adv, self.best_x)
+        self.best_grad = torch.where(per_sample(better, x_adv), grad, self.best_grad)
+        self.best_logits = torch.where(better[:, None], logits, self.best_logits)
+        self.best_loss = torch.where(better, loss, self.best_loss)
+
+    def checkpoint(self, rho: float, since: int) -> None:
+        """Halve the step of stalled rows and send them back to their best point."""
+        stalled = self.rises < rho * since
+        no_progress = ~self.halved_at_check & (self.best_at_check >= self.best_loss)
+        halve = stalled | no_progress
+        self.step = torch.where(halve, self.step / 2, self.step)
+        self.x_adv = torch.where(per_sample(halve, self.x_adv), self.best_x, self.x_adv)
+        self.grad = torch.where(per_sample(halve, self.grad), self.best_grad, self.grad)
+        self.halved_at_check = halve
+        self.best_at_check = self.best_loss.clone()
+        self.rises = torch.zeros_like(self.rises)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Kept examples (a row that never succeeded: its best point), logits, success, loss."""
+        kept_x = torch.where(per_sample(self.found, self.kept_x), self.kept_x, self.best_x)
+        kept_logits = torch.where(self.found[:, None], self.kept_logits, self.best_logits)
+        return kept_x, kept_logits, self.found, self.best_loss
 
 
 @register_attack("apgd-dlr")

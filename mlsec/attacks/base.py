@@ -3,7 +3,8 @@
 A subclass implements only :meth:`Attack._perturb`. :meth:`Attack.run` validates the inputs, freezes
 the model (eval mode, parameters' ``requires_grad`` off, both restored in ``finally``), seeds the
 randomness, and afterwards projects the subclass's answer onto the eps ball and the bounds, so no
-attack can return an inadmissible example.
+attack can return an inadmissible example. :meth:`Attack.run_unchecked` skips only the per-batch
+input checks, for callers that validated the data set once (the audit's hot loop).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlsec.attacks.steps import success_mask
 from mlsec.core import model as _model
-from mlsec.core.threat import LINF, Geometry, Norm, ThreatModel, geometry
+from mlsec.core.threat import Geometry, Norm, Region, ThreatModel, geometry
 from mlsec.core.validation import check_batch, check_labels, check_seed
 from mlsec.errors import InputError
 
@@ -108,17 +110,15 @@ class Problem:
 
     def succeeded(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Bool per sample: misclassified (untargeted) or classified as the target (targeted)."""
-        predicted = logits.argmax(dim=1)
-        return predicted != labels if self.target is None else predicted == labels
+        return success_mask(logits, labels, targeted=self.target is not None)
+
+    def region(self, x: torch.Tensor) -> Region:
+        """The admissible set around ``x``: its eps ball in the attack's norm, and the bounds."""
+        return self.geometry.region(x, self.eps, self.low, self.high)
 
     def clip(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """``x_adv`` moved into the eps ball around ``x`` and into the bounds."""
-        if self.geometry is LINF:  # a box: one clamp, and clipping twice changes nothing
-            low = torch.maximum(x - self.eps, self.low)
-            high = torch.minimum(x + self.eps, self.high)
-            return torch.clamp(x_adv, low, high)
-        delta = self.geometry.project(x_adv - x, self.eps)
-        return torch.clamp(x + delta, self.low, self.high)
+        return self.region(x).project(x_adv)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,6 +217,39 @@ class Attack(abc.ABC):
         """
         return self._execute(model, x, y, target, want_result=True)
 
+    @final
+    def run_unchecked(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """:meth:`run` for a caller that has validated the whole data set once already.
+
+        For loops that attack many batches of one checked data set (the audit's survivors chain,
+        the adversarial trainers). It skips only the per-batch input checks of :meth:`run`: that
+        ``model`` is a module on ``x``'s device, ``x`` a finite floating batch within ``bounds``,
+        ``y`` and ``target`` integer labels of the right shape within the model's outputs (one
+        extra forward pass and several waits of the device for the host). Every guarantee on the
+        result still holds: ``x_adv`` lies within eps of ``x`` and within ``bounds``, ``x``, ``y``
+        and the model are left unchanged, the model's modes are restored, the same seed gives the
+        same result, and NaN logits still raise. On unchecked bad data the attack may fail with a
+        torch error instead of a one-line :class:`~mlsec.errors.InputError`.
+
+        Args:
+            model: a classifier returning logits ``[B, classes]``.
+            x: inputs ``[B, ...]`` within ``bounds``, already checked.
+            y: true labels, integer ``[B]``, already checked.
+            target: optional target labels ``[B]``, already checked.
+
+        Returns:
+            The same :class:`AttackResult` as :meth:`run` on the same arguments.
+
+        """
+        return self._execute(model, x, y, target, want_result=True, checked=True)
+
     def _execute(
         self,
         model: nn.Module,
@@ -289,9 +322,8 @@ def examples_for_checked_data(
 ) -> torch.Tensor:
     """``attack(model, x, y)`` for a caller that has checked the whole data set once already.
 
-    For loops that attack many batches of one validated data set (the adversarial trainers): the
-    per-batch input checks (finite, within bounds, labels within the model's outputs), which
-    make the device wait for the host, are skipped. Every guarantee on the result still holds.
+    The examples of :meth:`Attack.run_unchecked` without its final forward pass for logits and
+    success (the adversarial trainers want only the examples).
     """
     return attack._execute(model, x, y, None, want_result=False, checked=True).x_adv
 
@@ -299,30 +331,19 @@ def examples_for_checked_data(
 def _fit_dtype(x: torch.Tensor, x_adv: torch.Tensor, problem: Problem) -> torch.Tensor:
     """Cast ``x_adv`` to ``x.dtype`` without rounding it out of the eps ball or the bounds.
 
-    Rounding to a coarse dtype (bfloat16) can push a value just past ``x + eps``. In linf the ball
-    is a box, so only the values that left it are pulled towards ``x`` (the rest of the
-    perturbation is kept); in l2 whole samples are. Falling back to ``x`` itself always fits.
+    Rounding to a coarse dtype (bfloat16) can push a value just past ``x + eps``. Where the
+    region says a value (linf: one element; l2: a whole sample) left it, that part is pulled
+    towards ``x``; the rest of the perturbation is kept. Falling back to ``x`` itself always fits.
     """
     x64 = x.double()
     delta64 = x_adv.double() - x64
-    eps, low, high = float(problem.eps), float(problem.low), float(problem.high)
+    region = problem.geometry.region(
+        x64, float(problem.eps), float(problem.low), float(problem.high)
+    )
     out = x_adv.to(x.dtype)
-    if problem.geometry is LINF:
-        floor, ceiling = (x64 - eps).clamp(min=low), (x64 + eps).clamp(max=high)
-        for shrink in (0.999, 0.99, 0.9, 0.0):
-            o64 = out.double()
-            fits = (o64 >= floor) & (o64 <= ceiling)
-            if bool(fits.all()):
-                break
-            out = torch.where(fits, out, (x64 + delta64 * shrink).to(x.dtype))
-        return out
     for shrink in (0.999, 0.99, 0.9, 0.0):
-        o64 = out.double()
-        fits = (problem.geometry.distance(o64 - x64) <= eps) & (
-            o64.flatten(1).amin(1).ge(low) & o64.flatten(1).amax(1).le(high)
-        )
+        fits = region.contains(out.double())
         if bool(fits.all()):
             break
-        candidate = (x64 + delta64 * shrink).to(x.dtype)
-        out = torch.where(fits.view(-1, *([1] * (x.dim() - 1))), out, candidate)
+        out = torch.where(fits, out, (x64 + delta64 * shrink).to(x.dtype))
     return out

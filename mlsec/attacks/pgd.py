@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
-from mlsec.core.threat import LINF
-from mlsec.core.validation import check_count
+from mlsec.attacks.steps import best_of_folds, first_success_first, fold, per_sample
+from mlsec.core.validation import check_count, check_number
 from mlsec.errors import InputError
 
 __all__ = ["PGD", "projected_gradient_ascent"]
@@ -26,6 +26,99 @@ __all__ = ["PGD", "projected_gradient_ascent"]
 # On the CPU, samples leave the batch once they succeed (see projected_gradient_ascent). The
 # benchmarks turn this off to time the accelerator's code path on the CPU.
 SHRINK_ON_CPU = True
+
+
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _Rows:
+    """The rows of the folded batch still being attacked: their indices, labels and region."""
+
+    def __init__(
+        self, problem: Problem, x: torch.Tensor, labels: torch.Tensor, objective: Objective | None
+    ) -> None:
+        self.problem, self.objective = problem, objective
+        self.rows = torch.arange(x.shape[0], device=x.device)
+        self.target = labels
+        # In linf the region is a box: one clamp to precomputed bounds per step.
+        self.region = problem.region(x)
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-row loss to maximise."""
+        if self.objective is None:
+            return self.problem.loss(logits, self.target)
+        return self.objective(logits, self.rows, self.target)
+
+    def step_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """The summed loss a gradient step differentiates."""
+        if self.objective is None:
+            return self.problem.total_loss(logits, self.target)
+        return self.objective(logits, self.rows, self.target).sum()
+
+    def keep(self, keep: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Drop the rows where ``keep`` is false; returns ``x_adv`` of the rows kept."""
+        self.rows, self.target = self.rows[keep], self.target[keep]
+        self.region = self.region.select(keep)
+        return x_adv[keep]
+
+
+class _Kept:
+    """Per row of the folded batch: the iterate it keeps, its logits, success and final loss."""
+
+    def __init__(self, x_start: torch.Tensor, *, shrink: bool) -> None:
+        total = x_start.shape[0]
+        self.shrink = shrink
+        self.found = torch.zeros(total, dtype=torch.bool, device=x_start.device)
+        self.x = x_start.clone()
+        self.logits: torch.Tensor | None = None
+        self.final_loss = torch.full((total,), float("-inf"), device=x_start.device)
+
+    def merge(
+        self, buffer: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor, value: torch.Tensor
+    ) -> torch.Tensor:
+        """``buffer`` with the rows being attacked replaced by ``value`` where ``mask``.
+
+        While no sample has left the batch (always, off the CPU) the rows are all of them: a
+        plain ``where`` then, as index_put over every row costs a sort on the accelerator.
+        """
+        mask = per_sample(mask, value)
+        if not self.shrink:
+            return torch.where(mask, value, buffer)
+        buffer[rows] = torch.where(mask, value, buffer[rows])
+        return buffer
+
+    def found_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """Whether the rows being attacked have succeeded before."""
+        return self.found[rows] if self.shrink else self.found
+
+    def record(
+        self, rows: torch.Tensor, x_now: torch.Tensor, logits: torch.Tensor, hit: torch.Tensor
+    ) -> None:
+        """Keep ``x_now`` for the rows that succeed (``hit``) for the first time."""
+        if self.logits is None:
+            self.logits = logits.new_zeros((self.found.shape[0], logits.shape[1]))
+        new = hit & ~self.found_at(rows)
+        self.x = self.merge(self.x, rows, new, x_now)
+        self.logits = self.merge(self.logits, rows, new, logits)
+        self.found = self.merge(self.found, rows, hit, torch.ones_like(hit))
+
+    def finish(
+        self, problem: Problem, active: _Rows, x_adv: torch.Tensor, *, last_iterate: bool
+    ) -> None:
+        """Score the last iterate; rows that never succeeded (all, with last_iterate) keep it."""
+        with torch.no_grad():
+            logits = problem.forward(x_adv)
+            loss_now = active.loss(logits).float()
+        if self.shrink:
+            self.final_loss[active.rows] = loss_now
+        else:
+            self.final_loss = loss_now
+        self.record(active.rows, x_adv, logits, problem.succeeded(logits, active.target))
+        assert self.logits is not None
+        found_now = self.found_at(active.rows)
+        missed = torch.ones_like(found_now) if last_iterate else ~found_now
+        self.x = self.merge(self.x, active.rows, missed, x_adv)
+        self.logits = self.merge(self.logits, active.rows, missed, logits)
 
 
 def projected_gradient_ascent(
@@ -36,7 +129,7 @@ def projected_gradient_ascent(
     random_start: bool,
     restarts: int,
     last_iterate: bool = False,
-    objective: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    objective: Objective | None = None,
 ) -> Perturbation:
     """Run ``steps`` projected steepest-ascent steps from ``restarts`` starts at once.
 
@@ -54,111 +147,43 @@ def projected_gradient_ascent(
     result is fixed, so attacking it further is wasted work.
     """
     batch = problem.x.shape[0]
-    x, labels = problem.x, problem.labels
-    if restarts > 1:
-        x = x.repeat(restarts, *([1] * (x.dim() - 1)))
-        labels = labels.repeat(restarts)
+    x = fold(problem.x, restarts)
     geometry = problem.geometry
     # torch.full, not torch.tensor: a host-to-device copy would wait for the device.
     step = torch.full((), step_size, dtype=x.dtype, device=x.device)
     shrink = SHRINK_ON_CPU and x.device.type == "cpu" and not last_iterate
-    x0, target = x, labels
-    total = x.shape[0]
-    rows = torch.arange(total, device=x.device)  # the rows still being attacked
-    # In linf the admissible set is a box: one clamp to precomputed bounds per step, the same
-    # set as problem.clip's projection and then the bounds, in a sixth of the kernel launches.
-    box = geometry is LINF
-    if box:
-        lo = torch.maximum(x - problem.eps, problem.low)
-        hi = torch.minimum(x + problem.eps, problem.high)
-
-    def project(x_new: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x_new, lo, hi) if box else problem.clip(x0, x_new)
-
-    def step_loss(logits: torch.Tensor) -> torch.Tensor:
-        if objective is None:
-            return problem.total_loss(logits, target)
-        return objective(logits, rows, target).sum()
-
+    active = _Rows(problem, x, fold(problem.labels, restarts), objective)
     x_adv = x
     if random_start:
-        x_adv = project(x + geometry.random_start(x, problem.eps, problem.generator))
-
+        x_adv = active.region.project(x + geometry.random_start(x, problem.eps, problem.generator))
     # Which iterate each sample keeps; not needed when the last iterate of one start is the answer.
-    tracking = not (last_iterate and restarts == 1)
-    if tracking:
-        found = torch.zeros(total, dtype=torch.bool, device=x.device)
-        best_x = x_adv.clone()
-        final_loss = torch.full((total,), float("-inf"), device=x.device)
-    best_logits: torch.Tensor | None = None
-    loss_of = objective or (lambda logits, _rows, labels: problem.loss(logits, labels))
-
-    def merge(buffer: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``buffer`` with the rows being attacked replaced by ``value`` where ``mask``.
-
-        While no sample has left the batch (always, off the CPU) the rows are all of them: a
-        plain ``where`` then, as index_put over every row costs a sort on the accelerator.
-        """
-        mask = mask.view(-1, *([1] * (value.dim() - 1)))
-        if not shrink:
-            return torch.where(mask, value, buffer)
-        buffer[rows] = torch.where(mask, value, buffer[rows])
-        return buffer
-
-    def record(x_now: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        nonlocal best_logits, best_x, found
-        if best_logits is None:
-            best_logits = logits.new_zeros((total, logits.shape[1]))
-        hit = problem.succeeded(logits, target)
-        new = hit & ~(found if not shrink else found[rows])
-        best_x = merge(best_x, new, x_now)
-        best_logits = merge(best_logits, new, logits)
-        found = merge(found, hit, torch.ones_like(hit))
-        return hit
+    kept = None if last_iterate and restarts == 1 else _Kept(x_adv, shrink=shrink)
 
     for _ in range(steps):
         x_adv, logits = problem.forward_for_gradient(x_adv)
-        (grad,) = torch.autograd.grad(step_loss(logits), x_adv)
+        (grad,) = torch.autograd.grad(active.step_loss(logits), x_adv)
         if not last_iterate:  # the last iterate needs no record of the ones before it
-            hit = record(x_adv.detach(), logits.detach())
-        x_adv = project(x_adv.detach() + step * geometry.ascent(grad))
+            assert kept is not None
+            hit = problem.succeeded(logits.detach(), active.target)
+            kept.record(active.rows, x_adv.detach(), logits.detach(), hit)
+        x_adv = active.region.project(x_adv.detach() + step * geometry.ascent(grad))
         if shrink:
-            keep = ~hit
-            rows, x0, target, x_adv = rows[keep], x0[keep], target[keep], x_adv[keep]
-            if box:
-                lo, hi = lo[keep], hi[keep]
-            if rows.numel() == 0:
+            x_adv = active.keep(~hit, x_adv)
+            if active.rows.numel() == 0:
                 break
 
-    if last_iterate and restarts == 1:
+    if kept is None:
         # Nothing to choose between: the last iterate is the answer, and the caller's final
         # forward (if it wants logits) is the only one.
         return Perturbation(x_adv=x_adv.detach(), logits=None, queries=steps)
-    if rows.numel() > 0:
-        with torch.no_grad():
-            logits = problem.forward(x_adv)
-            loss_now = loss_of(logits, rows, target).float()
-        if shrink:
-            final_loss[rows] = loss_now
-        else:
-            final_loss = loss_now
-        record(x_adv, logits)
-        assert best_logits is not None
-        # Samples that never succeeded keep their last iterate (all of them, with last_iterate).
-        found_now = found if not shrink else found[rows]
-        missed = torch.ones_like(found_now) if last_iterate else ~found_now
-        best_x = merge(best_x, missed, x_adv)
-        best_logits = merge(best_logits, missed, logits)
-    assert best_logits is not None
-
+    if active.rows.numel() > 0:
+        kept.finish(problem, active, x_adv, last_iterate=last_iterate)
+    assert kept.logits is not None
     # Per sample, the first restart that succeeded, else the one with the highest final loss.
-    score = final_loss
-    if not last_iterate:
-        score = torch.where(found, torch.full_like(final_loss, float("inf")), final_loss)
-    pick = score.view(restarts, batch).argmax(dim=0)
-    chosen = pick * batch + torch.arange(batch, device=x.device)
+    score = kept.final_loss if last_iterate else first_success_first(kept.found, kept.final_loss)
+    chosen = best_of_folds(score, restarts, batch)
     return Perturbation(
-        x_adv=best_x[chosen], logits=best_logits[chosen], queries=restarts * (steps + 1)
+        x_adv=kept.x[chosen], logits=kept.logits[chosen], queries=restarts * (steps + 1)
     )
 
 
@@ -205,10 +230,8 @@ class PGD(Attack):
             raise InputError(f"loss must be 'ce' or 'kl' (got {self.loss!r})")
         check_count("steps", self.steps)
         check_count("restarts", self.restarts)
-        if self.step_size is not None and not (
-            isinstance(self.step_size, int | float) and self.step_size > 0
-        ):
-            raise InputError(f"step_size must be a number > 0 (got {self.step_size!r})")
+        if self.step_size is not None:
+            check_number("step_size", self.step_size)
 
     def _perturb(self, problem: Problem) -> Perturbation:
         step_size = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
@@ -228,9 +251,7 @@ class PGD(Attack):
         )
 
 
-def _kl_objective(
-    problem: Problem, restarts: int
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+def _kl_objective(problem: Problem, restarts: int) -> Objective:
     """Per-sample KL(p(x) || p(x_adv)), p the model's softmax, with p(x) computed once."""
     with torch.no_grad():
         clean = F.log_softmax(problem.forward(problem.x).float(), dim=1)

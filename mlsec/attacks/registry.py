@@ -1,4 +1,7 @@
-"""The attack registry: attacks by name, for the CLI, suites and the tests' parametrisation."""
+"""The attack registry: attacks by name, for the CLI, suites and the tests' parametrisation.
+
+Built on :class:`mlsec.core.registry.Registry`, the one registry mechanism of the package.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,24 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mlsec.attacks.base import Attack
+from mlsec.core.registry import Registry
 from mlsec.errors import InputError
 
-__all__ = ["create", "get", "list_attacks", "open_params", "register_attack"]
+__all__ = ["ATTACKS", "create", "get", "list_attacks", "open_params", "register_attack"]
 
-_REGISTRY: dict[str, type[Attack]] = {}
+ATTACKS = Registry[type[Attack]]("attack")
 A = TypeVar("A", bound=type[Attack])
+# The entries by name (kept for tests that isolate a registration: monkeypatch a copy in).
+_REGISTRY = ATTACKS._entries
 
 
 def register_attack(name: str) -> Callable[[A], A]:
     """Class decorator that registers an attack under ``name``; a duplicate name is an error."""
+    add = ATTACKS.register(name)
 
     def decorate(cls: A) -> A:
-        if name != name.lower() or not name:
-            raise ValueError(f"attack names are non-empty and lower case (got {name!r})")
-        if name in _REGISTRY:
-            raise ValueError(f"attack name {name!r} is already registered by {_REGISTRY[name]!r}")
+        add(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return decorate
@@ -38,17 +41,12 @@ def list_attacks() -> list[str]:
         True
 
     """
-    return sorted(_REGISTRY)
+    return ATTACKS.names()
 
 
 def get(name: str) -> type[Attack]:
-    """The attack class registered under ``name``."""
-    try:
-        return _REGISTRY[name.lower()]
-    except KeyError:
-        raise InputError(
-            f"unknown attack {name!r}; available: {', '.join(list_attacks())}"
-        ) from None
+    """The attack class registered under ``name`` (any case)."""
+    return ATTACKS.get(name)
 
 
 def open_params(cls: type[Attack]) -> bool:

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
-from mlsec.core.threat import LINF
-from mlsec.core.validation import check_count
+from mlsec.core.threat import Norm
+from mlsec.core.validation import check_count, check_fraction
 from mlsec.errors import InputError
 
 __all__ = ["Square", "square_bump", "square_fraction"]
@@ -39,6 +40,9 @@ _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # Samples that have succeeded leave the batch every this many iterations (each check waits on
 # the device once).
 _COMPACT = 10
+
+_Start = Callable[[Problem], torch.Tensor]
+_Proposal = Callable[[Problem, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def square_fraction(p_init: float, iteration: int, total: int) -> float:
@@ -118,8 +122,7 @@ class Square(Attack):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_count("queries", self.queries)
-        if not isinstance(self.p_init, int | float) or not 0 < self.p_init <= 1:
-            raise InputError(f"p_init must lie in (0, 1] (got {self.p_init!r})")
+        check_fraction("p_init", self.p_init, open_low=True)
         check_count("restarts", self.restarts)
 
     def _perturb(self, problem: Problem) -> Perturbation:
@@ -149,9 +152,8 @@ class Square(Attack):
     def _search(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One run of the random search: examples, their logits and their margins."""
         x = problem.x
-        linf = problem.geometry is LINF
-        propose = self._linf_proposal if linf else self._l2_proposal
-        x_best = problem.clip(x, x + (self._linf_start if linf else self._l2_start)(problem))
+        start, propose = self._moves(problem)
+        x_best = problem.clip(x, x + start(problem))
         logits = problem.forward(x_best)
         loss = _margin(problem, logits, problem.labels)
         # The working set: the samples still standing at the last check, and their state.
@@ -177,6 +179,14 @@ class Square(Attack):
         else:  # the budget ran out: write the working set back
             x_best[idx], logits[idx], loss[idx] = xs_best, zs, ls
         return x_best, logits, loss
+
+    def _moves(self, problem: Problem) -> tuple[_Start, _Proposal]:
+        """The start and the proposals of the problem's norm (one pair per norm of ``norms``)."""
+        moves: dict[Norm, tuple[_Start, _Proposal]] = {
+            "linf": (self._linf_start, self._linf_proposal),
+            "l2": (self._l2_start, self._l2_proposal),
+        }
+        return moves[problem.geometry.norm]
 
     def _side(self, problem: Problem, iteration: int, *, smallest: int) -> int:
         height, width = problem.x.shape[2:]

@@ -30,7 +30,7 @@ __all__ = [
     "ThresholdResult",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,6 +121,8 @@ class AuditReport:
         environment: versions, platform and device.
         correct: bool ``[n]``, correctly classified clean samples.
         robust: ``(attack, eps)`` -> bool ``[n]``, samples standing after that attack.
+        strength_note: one line when the suite is weaker than the ``standard`` suite (what it
+            lacks and the command for the standard evaluation); ``None`` otherwise.
 
     """
 
@@ -139,6 +141,7 @@ class AuditReport:
     environment: dict[str, str]
     correct: torch.Tensor = field(repr=False)
     robust: dict[tuple[str, float], torch.Tensor] = field(repr=False)
+    strength_note: str | None = None
 
     @property
     def attacks(self) -> list[str]:
@@ -195,6 +198,7 @@ class AuditReport:
             ],
             "passed": self.passed,
             "warnings": list(self.warnings),
+            "strength_note": self.strength_note,
             "examples": [
                 {
                     k: v

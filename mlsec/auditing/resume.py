@@ -45,20 +45,37 @@ _WHAT = {
     "survivors": "the survivors-only setting",
     "mlsec": "the mlsec version",
     "torch": "the torch version",
+    "defense": "the defense or its settings",
+    "settings": "the defended audit's attacks, eps grid, steps, EOT draws or seed",
 }
 _FIELDS = {"stage", "batch", "indices", "broken", "seconds", "checksum"}
+# Written only by the defended audit: the samples further judges found broken, and the
+# purifier's call counter after the batch (its randomness is keyed by that count).
+_OPTIONAL = {"also_broken", "calls"}
 _FRESH = "use a new folder or delete this one"
 
 
 @dataclass(frozen=True, kw_only=True)
 class BatchRecord:
-    """One finished batch: which samples were attacked and which of them were broken."""
+    """One finished batch: which samples were attacked and which of them were broken.
+
+    ``also_broken`` holds, for a batch judged by several models (the defended audit judges one
+    example on the bare and on the defended model), the broken samples of each further judge;
+    ``calls`` the randomised purifier's call count after the batch, so a resumed run draws the
+    same randomness. Both are ``None`` in a plain audit and then not written.
+    """
 
     stage: int
     batch: int
     indices: list[int]
     broken: list[int]
     seconds: float
+    also_broken: list[list[int]] | None = None
+    calls: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The record as JSON data, without the optional fields that are ``None``."""
+        return {k: v for k, v in asdict(self).items() if k not in _OPTIONAL or v is not None}
 
 
 def _canonical(value: object) -> str:
@@ -101,8 +118,9 @@ class Checkpoint:
             self._check_meta()
         elif log_exists and self._log.stat().st_size > 0:
             raise InputError(
-                f"--checkpoint: {directory} holds batches.jsonl but no meta.json, so its records "
-                f"cannot be matched to an audit; {_FRESH}"
+                f"{directory} holds batches.jsonl but no meta.json, so its records "
+                f"cannot be matched to an audit; {_FRESH}",
+                subject="checkpoint",
             )
         else:
             self._write(
@@ -119,18 +137,20 @@ class Checkpoint:
         try:
             if directory.exists() and not directory.is_dir():
                 raise InputError(
-                    f"--checkpoint: {directory} exists and is not a folder; give a folder"
+                    f"{directory} exists and is not a folder; give a folder", subject="checkpoint"
                 )
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise InputError(
-                f"--checkpoint: cannot create the folder {directory} "
-                f"({error.strerror or error}); give a folder you can write to"
+                f"cannot create the folder {directory} "
+                f"({error.strerror or error}); give a folder you can write to",
+                subject="checkpoint",
             ) from None
         if not os.access(directory, os.W_OK | os.X_OK):
             raise InputError(
-                f"--checkpoint: cannot write to the folder {directory} (permission denied); "
-                "give a folder you can write to"
+                f"cannot write to the folder {directory} (permission denied); "
+                "give a folder you can write to",
+                subject="checkpoint",
             )
 
     def _regular_or_absent(self, path: Path) -> bool:
@@ -141,7 +161,7 @@ class Checkpoint:
             return False
         except OSError as error:
             raise InputError(
-                f"--checkpoint: cannot read {path} ({error.strerror or error}); {_FRESH}"
+                f"cannot read {path} ({error.strerror or error}); {_FRESH}", subject="checkpoint"
             ) from None
         if stat.S_ISREG(mode):
             return True
@@ -151,7 +171,7 @@ class Checkpoint:
             kind = "a symbolic link"
         else:
             kind = "a special file"
-        raise InputError(f"--checkpoint: {path} is {kind}, not a regular file; {_FRESH}")
+        raise InputError(f"{path} is {kind}, not a regular file; {_FRESH}", subject="checkpoint")
 
     @staticmethod
     def _write(path: Path, action: Callable[[], object]) -> None:
@@ -159,8 +179,8 @@ class Checkpoint:
             action()
         except OSError as error:
             raise InputError(
-                f"--checkpoint: cannot write {path} ({error.strerror or error}); "
-                "give a folder you can write to"
+                f"cannot write {path} ({error.strerror or error}); give a folder you can write to",
+                subject="checkpoint",
             ) from None
 
     def _check_meta(self) -> None:
@@ -168,18 +188,20 @@ class Checkpoint:
             text = self._meta.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(
-                f"--checkpoint: {self._meta} is unreadable ({error}); {_FRESH}"
+                f"{self._meta} is unreadable ({error}); {_FRESH}", subject="checkpoint"
             ) from None
         try:
             saved = json.loads(text)
         except ValueError:
             raise InputError(
-                f"--checkpoint: {self._meta} is not valid JSON, so its audit is unknown; {_FRESH}"
+                f"{self._meta} is not valid JSON, so its audit is unknown; {_FRESH}",
+                subject="checkpoint",
             ) from None
         if not isinstance(saved, dict):
             raise InputError(
-                f"--checkpoint: {self._meta} holds a JSON {_json_kind(saved)}, not the object "
-                f"mlsec writes; {_FRESH}"
+                f"{self._meta} holds a JSON {_json_kind(saved)}, not the object "
+                f"mlsec writes; {_FRESH}",
+                subject="checkpoint",
             )
         made = saved.get("format")
         if made != FORMAT:
@@ -188,7 +210,7 @@ class Checkpoint:
                 reason = f"was made by {'an older' if made < FORMAT else 'a newer'} mlsec {formats}"
             else:
                 reason = "has a meta.json without a checkpoint format"
-            raise InputError(f"--checkpoint: {self.directory} {reason}; {_FRESH}")
+            raise InputError(f"{self.directory} {reason}; {_FRESH}", subject="checkpoint")
         differing = sorted(
             key
             for key in set(saved) | set(self.fingerprint)
@@ -198,8 +220,8 @@ class Checkpoint:
             changed = [_WHAT.get(key, repr(key)) for key in differing]
             said = " and ".join([", ".join(changed[:-1]), changed[-1]] if changed[:-1] else changed)
             raise InputError(
-                f"--checkpoint: {self.directory} belongs to a different audit: "
-                f"{said} changed; {_FRESH}"
+                f"{self.directory} belongs to a different audit: {said} changed; {_FRESH}",
+                subject="checkpoint",
             )
 
     def _checksum(self, fields: dict[str, Any]) -> str:
@@ -212,7 +234,7 @@ class Checkpoint:
             item = json.loads(line)
         except ValueError:
             raise ValueError("it is not valid JSON") from None
-        if not isinstance(item, dict) or set(item) != _FIELDS:
+        if not isinstance(item, dict) or not _FIELDS <= set(item) <= _FIELDS | _OPTIONAL:
             raise ValueError(f"it needs exactly the fields {', '.join(sorted(_FIELDS))}")
         for key in ("stage", "batch"):
             if not _is_int(item[key]) or item[key] < 0:
@@ -225,6 +247,7 @@ class Checkpoint:
                 raise ValueError(f"{key} repeats a sample")
         if not set(broken) <= set(indices):
             raise ValueError("broken lists samples that are not in indices")
+        self._check_optional(item)
         limit = self.samples
         outside = [i for i in indices if i < 0 or (limit is not None and i >= limit)]
         if outside:
@@ -245,13 +268,32 @@ class Checkpoint:
             )
         return BatchRecord(**item)
 
+    @staticmethod
+    def _check_optional(item: dict[str, Any]) -> None:
+        """Raise ``ValueError`` unless the optional fields hold what the defended audit writes."""
+        calls = item.get("calls", 0)
+        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
+            raise ValueError(f"calls must be an integer >= 0 (got {calls!r})")
+        also = item.get("also_broken")
+        if "also_broken" in item and not (
+            isinstance(also, list)
+            and all(
+                isinstance(values, list)
+                and all(_is_int(v) for v in values)
+                and set(values) <= set(item["indices"])
+                for values in also
+            )
+        ):
+            raise ValueError("also_broken must be lists of attacked sample indices")
+
     def _read_log(self) -> dict[tuple[int, int], BatchRecord]:
         records: dict[tuple[int, int], BatchRecord] = {}
         try:
             raw = self._log.read_bytes()
         except OSError as error:
             raise InputError(
-                f"--checkpoint: cannot read {self._log} ({error.strerror or error}); {_FRESH}"
+                f"cannot read {self._log} ({error.strerror or error}); {_FRESH}",
+                subject="checkpoint",
             ) from None
         good = 0
         for number, line in enumerate(raw.splitlines(keepends=True), start=1):
@@ -267,8 +309,8 @@ class Checkpoint:
                     )
             except ValueError as error:
                 raise InputError(
-                    f"--checkpoint: {self._log} line {number} is not a valid record: {error}; "
-                    f"{_FRESH}"
+                    f"{self._log} line {number} is not a valid record: {error}; {_FRESH}",
+                    subject="checkpoint",
                 ) from None
             records[key] = record
             good += len(line)
@@ -284,14 +326,15 @@ class Checkpoint:
         record = self.records.get((stage, batch))
         if record is not None and record.indices != indices:
             raise InputError(
-                f"--checkpoint: {self.directory} does not match this run (stage {stage}, batch "
-                f"{batch} covered other samples); use a new folder"
+                f"{self.directory} does not match this run (stage {stage}, batch "
+                f"{batch} covered other samples); use a new folder",
+                subject="checkpoint",
             )
         return record
 
     def append(self, record: BatchRecord) -> None:
         """Append ``record`` with its checksum and force it to disk before returning."""
-        fields = asdict(record)
+        fields = record.fields()
         line = _canonical({**fields, "checksum": self._checksum(fields)}) + "\n"
         with self._log.open("ab") as fh:
             fh.write(line.encode())

@@ -58,9 +58,11 @@ def parse_eps(text: str) -> list[float]:
         try:
             values.append(float(Fraction(part)) if "/" in part else float(part))
         except (ValueError, ZeroDivisionError):
-            raise InputError(f"--eps: {part!r} is not a number (use e.g. 0.3 or 8/255)") from None
+            raise InputError(
+                f"{part!r} is not a number (use e.g. 0.3 or 8/255)", subject="eps"
+            ) from None
     if not values:
-        raise InputError("--eps: give at least one value")
+        raise InputError("give at least one value", subject="eps")
     return values
 
 
@@ -218,6 +220,8 @@ def _toml(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inner attack's settings (EOT): an inline table
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items() if v is not None) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -278,14 +282,14 @@ def load_suite(spec: str | Path) -> Suite:
     path = Path(spec)
     if not path.is_file():
         raise InputError(
-            f"--suite: {spec!s} is neither a built-in suite ({', '.join(BUILTIN_SUITES)}) "
-            "nor a file"
+            f"{spec!s} is neither a built-in suite ({', '.join(BUILTIN_SUITES)}) nor a file",
+            subject="suite",
         )
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text)
     except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"--suite: cannot read {path}: {error}") from None
+        raise InputError(f"cannot read {path}: {error}", subject="suite") from None
     except tomllib.TOMLDecodeError as error:
         raise InputError(f"{path}: not valid TOML: {error}") from None
     return _parse(data, text, str(path))

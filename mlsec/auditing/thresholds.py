@@ -46,25 +46,26 @@ def parse_thresholds(
     texts: Iterable[str], kind: Literal["min-accuracy", "max-drop"]
 ) -> list[Threshold]:
     """Parse threshold options; bad syntax or values raise :class:`InputError`."""
-    option = "--fail-under" if kind == "min-accuracy" else "--max-drop"
+    option = "fail_under" if kind == "min-accuracy" else "max_drop"
     parsed = []
     for text in texts:
         for part in (p for p in text.split(",") if p.strip()):
             match = _SPEC.match(part)
             if match is None:
                 raise InputError(
-                    f"{option}: {part.strip()!r} is not ATTACK@EPS=VALUE (e.g. pgd@0.3=0.80)"
+                    f"{part.strip()!r} is not ATTACK@EPS=VALUE (e.g. pgd@0.3=0.80)", subject=option
                 )
             try:
                 eps, limit = _number(match.group(2)), float(match.group(3))
             except (ValueError, ZeroDivisionError):
                 raise InputError(
-                    f"{option}: {part.strip()!r} has a value that is not a number"
+                    f"{part.strip()!r} has a value that is not a number", subject=option
                 ) from None
             if not 0.0 <= limit <= 1.0 or not math.isfinite(eps) or eps < 0:
                 raise InputError(
-                    f"{option}: {part.strip()!r}: the value must lie in [0, 1] (a fraction, "
-                    "not a percentage) and eps must be >= 0"
+                    f"{part.strip()!r}: the value must lie in [0, 1] (a fraction, "
+                    "not a percentage) and eps must be >= 0",
+                    subject=option,
                 )
             parsed.append(
                 Threshold(spec=part.strip(), kind=kind, attack=match.group(1), eps=eps, limit=limit)

@@ -1,4 +1,4 @@
-"""Helpers shared by the ``mlsec`` subcommands: argument types, devices, the accuracy table."""
+"""Helpers shared by the ``mlsec`` subcommands: the parser, argument types, devices, notes."""
 
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from mlsec.auditing.report import AuditReport
+from mlsec.cli.exits import EXIT_USAGE
 from mlsec.core.text import printable
 from mlsec.errors import InputError
-from mlsec.io.loading import CLASS_MAP_NOTE, PICKLE_WARNING
+from mlsec.io import CLASS_MAP_NOTE, PICKLE_WARNING
 
 __all__ = [
     "Parser",
     "check_writable",
-    "colour",
     "device_from",
     "float_list",
-    "percent",
     "positive_int",
     "print_notes",
     "printable",
-    "robust_cell",
-    "robust_table",
+    "proper_fraction",
 ]
 
 
@@ -36,11 +32,13 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports errors in the house style: one line, exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        """Print ``message`` in one line and exit with the usage code."""
         print(f"mlsec: {printable(message)} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(EXIT_USAGE)
 
 
 def float_list(text: str) -> list[float]:
+    """Comma-separated numbers, at least one (``--bounds LO,HI``)."""
     try:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -52,7 +50,19 @@ def float_list(text: str) -> list[float]:
     return values
 
 
+def proper_fraction(text: str) -> float:
+    """A number in ``[0, 1)``, such as the share of the data held out."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value:g}")
+    return value
+
+
 def positive_int(text: str) -> int:
+    """An integer ``>= 1`` (steps, batch sizes, sample counts)."""
     try:
         value = int(text)
     except ValueError:
@@ -63,6 +73,7 @@ def positive_int(text: str) -> int:
 
 
 def device_from(name: str) -> torch.device:
+    """The device ``--device`` names; ``auto`` is CUDA when there is one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -130,45 +141,3 @@ def print_notes(console: Console, notes: list[str], *, quiet: bool) -> None:
             console.print(f"[bold yellow]warning:[/] {shown}", highlight=False, soft_wrap=True)
         elif not quiet or note.startswith(CLASS_MAP_NOTE):
             console.print(f"[dim]note:[/] {shown}", highlight=False, soft_wrap=True)
-
-
-def percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def colour(value: float, clean: float) -> str:
-    ratio = value / clean if clean > 0 else 0.0
-    return "green" if ratio >= 0.8 else "yellow" if ratio >= 0.4 else "red"
-
-
-def robust_cell(report: AuditReport, attack: str, eps: float) -> str:
-    """The coloured robust accuracy after ``attack`` at ``eps``, or a dash where it did not run."""
-    try:
-        acc = report.robust_accuracy(attack, eps)
-    except KeyError:
-        return "—"
-    return f"[{colour(acc, report.clean_accuracy)}]{percent(acc)}"
-
-
-def robust_table(report: AuditReport) -> Table:
-    table = Table(
-        title=f"Robust accuracy of {escape(printable(report.model))} on "
-        f"{escape(printable(report.data))} "
-        f"({report.n} samples, {report.norm})",
-        caption=f"clean accuracy {percent(report.clean_accuracy)}; each row counts the samples "
-        "standing after that attack and those above it",
-    )
-    table.add_column("attack", style="bold")
-    for eps in report.eps:
-        table.add_column(f"eps {eps:g}", justify="right")
-    table.add_column("time", justify="right")
-    for name in report.attacks:
-        cells = [robust_cell(report, name, eps) for eps in report.eps]
-        table.add_row(escape(name), *cells, f"{report.seconds(name):.1f} s")
-    table.add_section()
-    worst = [
-        f"[{colour(acc, report.clean_accuracy)}]{percent(acc)}"
-        for acc in (report.worst_case[eps] for eps in report.eps)
-    ]
-    table.add_row("worst case", *worst, f"{sum(report.seconds(a) for a in report.attacks):.1f} s")
-    return table

@@ -11,11 +11,15 @@ from rich.markup import escape
 
 from mlsec import zoo
 from mlsec.auditing.defended import evaluate_defense
+from mlsec.auditing.defended_report import DefenseReport
+from mlsec.auditing.thresholds import parse_thresholds
 from mlsec.cli.common import check_writable, device_from, positive_int, print_notes
-from mlsec.core.files import write_atomic
+from mlsec.cli.options import FLAGS
+from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
+from mlsec.core.text import percent, printable
 from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, Purifier, load_defense
 from mlsec.errors import InputError
-from mlsec.io.loading import PICKLE_WARNING, image_folder_classes, load_data, load_model
+from mlsec.io import PICKLE_WARNING, image_folder_classes, load_data, load_model
 
 __all__ = ["add_parser", "audit_defense", "resolve_defense", "run"]
 
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             **common,
         )
     else:
-        model, _, model_notes = load_model(args.model or "mnist-cnn")
+        model, _, model_notes = load_model(args.model or "mnist-cnn", terms=FLAGS)
         print_notes(err, [n for n in model_notes if n == PICKLE_WARNING], quiet=True)
         ape = APEGAN(eps=0.3 if args.eps is None else args.eps, seed=args.seed)
         defense = ape.fit((x, y), model=model, epochs=args.epochs or 10, **common)
@@ -164,27 +168,22 @@ def resolve_defense(spec: str) -> tuple[Purifier, str]:
 # Audit options that --defense does not combine with, and why.
 _NOT_WITH_DEFENSE = {
     "suite": "name attacks with --attacks",
-    "checkpoint": "a defense audit is not resumable",
-    "fail_under": "gate on the JSON report",
-    "max_drop": "gate on the JSON report",
-    "markdown": "use --json",
-    "html": "use --json",
-    "junit": "use --json",
-    "out": "use --json",
     "normalize": "normalize inside the model",
     "norm": "defense audits are linf",
     "restarts": "not used by the defense audit",
 }
 
 
-def audit_defense(args: argparse.Namespace) -> int:
-    """``mlsec audit --defense``: non-adaptive and adaptive attacks side by side."""
-    for option, why in _NOT_WITH_DEFENSE.items():
-        if getattr(args, option) not in (None, [], False):
-            raise InputError(f"--{option.replace('_', '-')} does not combine with --defense: {why}")
-    if args.json is not None:
-        check_writable("--json", args.json)
-    defense, label = resolve_defense(args.defense)
+def _report_files(args: argparse.Namespace) -> dict[str, Path]:
+    """The files to write, checked before any work: the plain audit's layout."""
+    named = {kind: getattr(args, kind) for kind in ("json", "markdown", "html", "junit")}
+    files = report_files(report_paths(named, args.out), args.out, "defended", several=False)
+    check_report_files(files, args.out)
+    return files
+
+
+def _configure(defense: Purifier, args: argparse.Namespace) -> None:
+    """Apply --purify-steps, --purify-restarts and --bpda to the loaded defense."""
     overrides = {
         "--purify-steps": ("steps", args.purify_steps),
         "--purify-restarts": ("restarts", args.purify_restarts),
@@ -197,9 +196,31 @@ def audit_defense(args: argparse.Namespace) -> int:
             setattr(defense, key, value)
     if args.bpda == "encoder" and getattr(defense, "encoder", None) is None:
         raise InputError("--bpda encoder: this Defense-GAN has no fitted encoder")
+
+
+def _attack_names(args: argparse.Namespace) -> list[str]:
+    if args.attacks is None:
+        return ["fgsm", "pgd", "apgd"]
+    attacks = [a.strip().lower() for a in args.attacks.split(",") if a.strip()]
+    if not attacks:
+        raise InputError("--attacks: give at least one attack")
+    return attacks
+
+
+def audit_defense(args: argparse.Namespace) -> int:
+    """``mlsec audit --defense``: non-adaptive and adaptive attacks side by side."""
+    for option, why in _NOT_WITH_DEFENSE.items():
+        if getattr(args, option) not in (None, [], False):
+            raise InputError(f"--{option.replace('_', '-')} does not combine with --defense: {why}")
+    files = _report_files(args)
+    thresholds = parse_thresholds(args.fail_under, "min-accuracy") + parse_thresholds(
+        args.max_drop, "max-drop"
+    )
+    defense, label = resolve_defense(args.defense)
+    _configure(defense, args)
     device = device_from(args.device)
     model, model_name, model_notes = load_model(
-        args.model or "mnist-cnn", arch=args.arch, trust_pickle=args.trust_pickle
+        args.model or "mnist-cnn", arch=args.arch, trust_pickle=args.trust_pickle, terms=FLAGS
     )
     (x, y), data_name, data_notes = load_data(args.data)
     if args.limit is not None:
@@ -208,11 +229,7 @@ def audit_defense(args: argparse.Namespace) -> int:
     print_notes(err, [*model_notes, *data_notes], quiet=args.quiet)
     if args.bounds is not None and tuple(args.bounds) != (0.0, 1.0):
         raise InputError("--bounds: the GAN purifiers work on images in [0, 1]")
-    attacks = ["fgsm", "pgd", "apgd"]
-    if args.attacks is not None:
-        attacks = [a.strip().lower() for a in args.attacks.split(",") if a.strip()]
-        if not attacks:
-            raise InputError("--attacks: give at least one attack")
+    attacks = _attack_names(args)
     for net in defense.networks().values():
         net.to(device)
     report = evaluate_defense(
@@ -226,33 +243,50 @@ def audit_defense(args: argparse.Namespace) -> int:
         eot=args.eot,
         seed=0 if args.seed is None else args.seed,
         batch_size=args.batch_size,
+        thresholds=thresholds,
+        checkpoint=args.checkpoint,
         progress=not (args.quiet or args.no_progress),
         console=err,
         model_name=model_name,
         data_name=data_name,
+        defense_name=label,
     )
-    report.defense = label
     if Path(args.data).is_dir():  # an image folder's labels decide what "correct" means
         report.settings["data_classes"] = image_folder_classes(Path(args.data))
+    assert report.suite is not None  # evaluate_defense always sets it
+    written = write_reports(report, files, report.suite)
+    return _show(report, args, written)
+
+
+def _show(report: DefenseReport, args: argparse.Namespace, written: list[Path]) -> int:
+    """Print the table (or one line per eps), verdicts, flags and files; returns the exit code."""
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
     if args.quiet:
         for e, acc in report.worst_non_adaptive.items():
             ada = report.worst_adaptive.get(e)
             console.print(
-                f"{model_name} behind {label} on {data_name}: clean "
-                f"{report.clean_defended:.1%}; eps {e:g}: non-adaptive {acc:.1%}, adaptive "
-                + ("—" if ada is None else f"{ada:.1%}"),
+                f"{report.model} behind {report.defense} on {report.data}: clean "
+                f"{percent(report.clean_defended)}; eps {e:g}: non-adaptive {percent(acc)}, "
+                "adaptive " + ("—" if ada is None else percent(ada)),
                 highlight=False,
                 markup=False,
             )
     else:
         console.print(report.table())
+        if report.strength_note is not None:
+            console.print(f"[dim]note:[/] {escape(report.strength_note)}", highlight=False)
+    for result in report.thresholds:
+        mark = "[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"
+        console.print(
+            f"{mark} {escape(printable(result.spec))}: {escape(result.message)}", highlight=False
+        )
     for flag in report.flags:
         console.print(f"[bold yellow]warning:[/] {escape(flag)}", highlight=False)
-    if args.json is not None:
-        write_atomic(args.json, report.to_json() + "\n")
-        if not args.quiet:
-            console.print(f"report: {args.json}", highlight=False, markup=False)
+    if written and not args.quiet:
+        shown = ", ".join(printable(p) for p in written)
+        console.print(f"report: {shown}", highlight=False, markup=False)
+    if not report.passed:
+        return 1
     if args.strict and report.flags:
         console.print("--strict: the defense audit warned; exit 1", highlight=False)
         return 1

@@ -64,6 +64,9 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
             ) from None
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)

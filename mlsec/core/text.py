@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable"]
+__all__ = ["error_line", "percent", "printable", "raised_by"]
 
 
 def printable(text: object) -> str:
@@ -41,3 +41,18 @@ def raised_by(error: BaseException) -> str:
     if isinstance(error, SystemExit):
         return f"SystemExit (it called sys.exit({error.code!r}))"
     return f"{type(error).__name__}: {error_line(error)}"
+
+
+def percent(fraction: float, decimals: int = 1) -> str:
+    """A fraction as a percentage, for tables and messages.
+
+    Args:
+        fraction: a value such as an accuracy, ``1.0`` meaning all.
+        decimals: digits after the decimal point (the terminal tables use 1, Markdown 2).
+
+    Example:
+        >>> percent(0.466), percent(1 / 3, decimals=2), percent(1.0)
+        ('46.6%', '33.33%', '100.0%')
+
+    """
+    return f"{100 * fraction:.{decimals}f}%"

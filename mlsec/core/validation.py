@@ -35,6 +35,37 @@ def check_number(name: str, value: object, *, zero: bool = False) -> None:
         raise InputError(f"{name} must be a number {'>=' if zero else '>'} 0 (got {value!r})")
 
 
+def check_eps(value: object, name: str = "eps") -> None:
+    """Raise :class:`InputError` unless ``value`` is a perturbation budget: a finite number >= 0."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0:  # type: ignore[operator]
+        raise InputError(f"{name} must be a finite number >= 0 (got {value!r})")
+
+
+def check_bounds(bounds: tuple[float, float]) -> None:
+    """Raise :class:`InputError` unless ``bounds`` is ``(low, high)``, finite, with low < high."""
+    lo, hi = bounds
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"bounds must be finite with low < high (got {bounds!r})")
+
+
+def check_fraction(name: str, value: object, *, open_low: bool = False) -> None:
+    """Raise :class:`InputError` unless ``value`` is a number in [0, 1] (in (0, 1] if ``open_low``).
+
+    Example:
+        >>> check_fraction("rho", 0.75)
+        >>> check_fraction("p_init", 0.0, open_low=True)
+        Traceback (most recent call last):
+        ...
+        mlsec.errors.InputError: p_init must be a number in (0, 1] (got 0.0)
+
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not (0 < value <= 1 if open_low else 0 <= value <= 1):  # type: ignore[operator]
+        interval = "(0, 1]" if open_low else "[0, 1]"
+        raise InputError(f"{name} must be a number in {interval} (got {value!r})")
+
+
 def check_batch(
     model: nn.Module,
     x: torch.Tensor,

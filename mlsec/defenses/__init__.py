@@ -3,7 +3,7 @@
 Purifiers: Defense-GAN, APE-GAN. Adversarial training: PGD-AT, Fast-AT, TRADES.
 """
 
-from mlsec.defenses.base import Defense, PurifiedModel, Purifier, load_defense
+from mlsec.defenses.base import PURIFIERS, Defense, PurifiedModel, Purifier, load_defense
 from mlsec.defenses.purifiers.ape_gan import APEGAN
 from mlsec.defenses.purifiers.defense_gan import DefenseGAN
 from mlsec.defenses.training import (
@@ -18,9 +18,6 @@ from mlsec.defenses.training import (
     detect_collapse,
     parse_schedule,
 )
-
-# The purifiers by name: ``mlsec defend train NAME`` and saved files' records.
-PURIFIERS: dict[str, type[Purifier]] = {"defense-gan": DefenseGAN, "ape-gan": APEGAN}
 
 __all__ = [
     "APEGAN",

@@ -21,9 +21,11 @@ from torch import nn
 
 from mlsec.attacks.adaptive import BPDA
 from mlsec.core.files import write_atomic
+from mlsec.core.registry import Registry
+from mlsec.defenses.weights import META_KEY, module_tensors, read_safetensors
 from mlsec.errors import InputError
 
-__all__ = ["Defense", "PurifiedModel", "Purifier", "load_defense"]
+__all__ = ["PURIFIERS", "Defense", "PurifiedModel", "Purifier", "load_defense"]
 
 # Where a saved purifier records what it is: the safetensors metadata key and the format version.
 _META_KEY = "mlsec.defense"
@@ -118,13 +120,16 @@ class Purifier(Defense):
 
     def save(self, path: str | Path) -> None:
         """Write the networks to one safetensors file, with the hyperparameters as JSON metadata."""
-        from mlsec.defenses.purifiers.run import module_tensors
-
         tensors: dict[str, torch.Tensor] = {}
         for name, network in self.networks().items():
             tensors.update(module_tensors(name, network))
         record = {"defense": self.name, "format": _FORMAT, "params": self.params()}
         write_atomic(Path(path), save(tensors, metadata={_META_KEY: json.dumps(record)}))
+
+
+# The purifiers by name (``mlsec defend train NAME``, saved files' records); each registers itself
+# with ``@PURIFIERS.register(NAME)`` where it is defined.
+PURIFIERS: Registry[type[Purifier]] = Registry("defense")
 
 
 def network_field() -> Any:
@@ -141,9 +146,6 @@ def load_defense(path: str | Path) -> Purifier:
             hyperparameters, or weights that do not fit them.
 
     """
-    from mlsec.defenses import PURIFIERS
-    from mlsec.defenses.training import META_KEY, read_safetensors
-
     path = Path(path)
     if path.is_dir():
         raise InputError(
@@ -183,8 +185,8 @@ def load_defense(path: str | Path) -> Purifier:
             "of mlsec wrote it; load it with that version"
         )
     if name not in PURIFIERS:
-        raise InputError(f"{path}: unknown defense {name!r}; known: {', '.join(sorted(PURIFIERS))}")
-    kind = PURIFIERS[name]
+        raise InputError(f"{path}: unknown defense {name!r}; known: {', '.join(PURIFIERS.names())}")
+    kind = PURIFIERS.get(name)
     fields = dataclasses.fields(kind)  # type: ignore[arg-type]  # every purifier is a dataclass
     known = {f.name for f in fields if not f.metadata.get("network")}
     unknown = sorted(set(params) - known)

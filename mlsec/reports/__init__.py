@@ -1,7 +1,10 @@
-"""Renderers of an :class:`~mlsec.auditing.report.AuditReport`: Markdown, self-contained HTML, JUnit XML.
+"""Renderers of an audit report: Markdown, self-contained HTML, JUnit XML.
 
-Each is a function from a report to text; :meth:`~mlsec.auditing.report.AuditReport.to_markdown`,
-:meth:`~mlsec.auditing.report.AuditReport.to_html` and :meth:`~mlsec.auditing.report.AuditReport.to_junit` call them.
+Each is a function from an :class:`~mlsec.auditing.report.AuditReport` to text, registered in
+:data:`mlsec.auditing.report.FORMATS`; the report's ``to_markdown``, ``to_html`` and ``to_junit``
+call them. The HTML page draws its
+accuracy-vs-eps plot with :mod:`mlsec.reports.plot` and its example images with
+:mod:`mlsec.reports.png`; :mod:`mlsec.reports.labels` formats numbers the same way for every format.
 """
 
 from mlsec.reports.html import render_html

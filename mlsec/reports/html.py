@@ -1,47 +1,30 @@
 """The HTML report: one self-contained file to archive as a CI artifact or mail to a colleague.
 
-Everything is inline: CSS in a ``<style>``, the plot and the example images as base64 ``data:``
-URIs, no script and no external reference, so the file opens the same offline and years later.
-Every user-controlled string (model, data and attack names, warnings, settings) goes through
-:func:`html.escape`.
-
-The accuracy-vs-eps plot is drawn with matplotlib when it is installed (the ``plots`` extra) and
-as hand-written inline SVG otherwise, so a report never lacks its plot. Example images are encoded
-as PNG by a small writer here, which needs nothing beyond :mod:`zlib`.
+Everything is inline: CSS in a ``<style>``, the plot (:mod:`mlsec.reports.plot`) and the example
+images (:mod:`mlsec.reports.png`) as base64 ``data:`` URIs, no script and no external reference, so
+the file opens the same offline and years later. Every user-controlled string (model, data and
+attack names, warnings, settings) goes through :func:`html.escape`.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import struct
-import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from html import escape
 
 import torch
 
 from mlsec.auditing.report import FORMATS, AuditReport, Example
-from mlsec.reports.markdown import eps_label, percent, requirement, seconds_label
+from mlsec.reports.labels import eps_label, percent, requirement, seconds_label
+from mlsec.reports.plot import WORST_CASE_COLOR, accuracy_plot
+from mlsec.reports.png import png_bytes, png_data_uri
 
 __all__ = ["WORST_CASE_COLOR", "png_bytes", "render_html"]
 
-# The worst case is red everywhere; attacks take the other tab10 colours in chain order.
-WORST_CASE_COLOR = "#d62728"
-_ATTACK_COLORS = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
 _EXAMPLE_PIXELS = 112
+_NOTE_STYLE = (
+    "background: #fff3cd; color: #664d03; border-left: 4px solid #ffc107;"
+    " padding: 0.4rem 0.8rem; margin: 0.5rem 0;"
+)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1c1c1c;
@@ -80,7 +63,8 @@ def render_html(report: AuditReport) -> str:
 
     Returns:
         HTML text with the header, the accuracy-vs-eps plot (``id="accuracy-plot"``), the results
-        table (``id="results"``), thresholds, warnings, example images, settings and environment.
+        table (``id="results"``) with the strength note under it when the report has one
+        (``id="strength-note"``), thresholds, warnings, example images, settings and environment.
 
     """
     title = f"mlsec audit: {report.model} on {report.data}"
@@ -97,7 +81,7 @@ def render_html(report: AuditReport) -> str:
         *_header(report),
         '<section id="plot">',
         "<h2>Robust accuracy vs eps</h2>",
-        _plot(report),
+        accuracy_plot(report),
         "</section>",
         *_results(report),
         *_thresholds(report),
@@ -183,9 +167,21 @@ def _results(report: AuditReport) -> list[str]:
         f'<td class="num">{seconds_label(total)}</td></tr>',
         "</tbody>",
         "</table>",
+        *_strength_note(report),
         "</section>",
     ]
     return lines
+
+
+def _strength_note(report: AuditReport) -> list[str]:
+    """A highlighted line under the table when the suite is weaker than the standard one."""
+    if report.strength_note is None:
+        return []
+    # Styled inline so that a report without the note keeps its page unchanged.
+    return [
+        f'<p id="strength-note" role="note" style="{_NOTE_STYLE}">'
+        f"<strong>Note:</strong> {escape(report.strength_note)}</p>"
+    ]
 
 
 def _thresholds(report: AuditReport) -> list[str]:
@@ -243,11 +239,8 @@ def _example(example: Example, bounds: tuple[float, float]) -> str:
 def _image(tensor: torch.Tensor, bounds: tuple[float, float], alt: str) -> str:
     height, width = tensor.shape[-2:]
     scale = max(1, round(_EXAMPLE_PIXELS / max(height, width)))
-    data = base64.b64encode(png_bytes(tensor, bounds, scale=scale)).decode("ascii")
-    return (
-        f'<img src="data:image/png;base64,{data}" alt="{alt}"'
-        f' width="{width * scale}" height="{height * scale}">'
-    )
+    data = png_data_uri(png_bytes(tensor, bounds, scale=scale))
+    return f'<img src="{data}" alt="{alt}" width="{width * scale}" height="{height * scale}">'
 
 
 def _environment(report: AuditReport) -> list[str]:
@@ -259,199 +252,3 @@ def _environment(report: AuditReport) -> list[str]:
         for key, value in report.environment.items()
     ]
     return [*lines, '<table id="environment-table">', *rows, "</table>", "</section>"]
-
-
-# --- images ---------------------------------------------------------------------------------------
-
-
-def png_bytes(image: torch.Tensor, bounds: tuple[float, float], *, scale: int = 1) -> bytes:
-    r"""An image tensor as PNG, enlarged ``scale`` times with nearest-neighbour.
-
-    Args:
-        image: ``[C, H, W]`` (or ``[H, W]``) with values in ``bounds``; one channel is grey, three
-            are RGB, any other count is shown as the grey mean over channels.
-        bounds: the input bounds, mapped to black and white.
-        scale: the enlargement factor, an integer >= 1.
-
-    Returns:
-        The bytes of an 8-bit PNG file.
-
-    Example:
-        >>> png = png_bytes(torch.zeros(1, 2, 3), (0.0, 1.0), scale=2)
-        >>> png[:8], int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-        (b'\x89PNG\r\n\x1a\n', 6, 4)
-
-    """
-    low, high = bounds
-    x = image.detach().to("cpu", torch.float32)
-    x = x[None] if x.dim() == 2 else x
-    if x.dim() != 3:
-        raise ValueError(f"mlsec: an example image must be [C, H, W] (got shape {tuple(x.shape)})")
-    x = torch.nan_to_num((x - low) / max(high - low, 1e-12), nan=0.0).clamp(0, 1)
-    pixels = x.mul(255).round().to(torch.uint8)
-    if pixels.shape[0] == 3:
-        pixels, color_type = pixels.permute(1, 2, 0), 2
-    else:
-        pixels, color_type = x.mean(0).mul(255).round().to(torch.uint8), 0
-    pixels = pixels.repeat_interleave(scale, 0).repeat_interleave(scale, 1).contiguous()
-    height, width = pixels.shape[:2]
-    # Each scanline starts with filter type 0 (none); zlib does the compressing.
-    rows = torch.cat([torch.zeros(height, 1, dtype=torch.uint8), pixels.reshape(height, -1)], 1)
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return b"".join(
-        [
-            b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(rows.numpy().tobytes(), 9)),
-            _chunk(b"IEND", b""),
-        ]
-    )
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
-# --- the plot -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Series:
-    label: str
-    color: str
-    eps: list[float]
-    accuracy: list[float]
-    worst: bool
-
-
-def _series(report: AuditReport) -> list[_Series]:
-    """One line per attack and one for the worst case, each starting at clean accuracy."""
-    start = [] if report.eps and report.eps[0] == 0 else [0.0]
-
-    def line(label: str, color: str, points: Sequence[tuple[float, float]], worst: bool) -> _Series:
-        eps = start + [e for e, _ in points]
-        accuracy = [report.clean_accuracy] * len(start) + [a for _, a in points]
-        return _Series(label, color, eps, accuracy, worst)
-
-    lines = []
-    for i, attack in enumerate(report.attacks):
-        points = []
-        for eps in report.eps:
-            try:
-                points.append((eps, report.robust_accuracy(attack, eps)))
-            except KeyError:
-                continue
-        lines.append(line(attack, _ATTACK_COLORS[i % len(_ATTACK_COLORS)], points, False))
-    worst = [(eps, report.worst_case[eps]) for eps in report.eps]
-    lines.append(line("worst case", WORST_CASE_COLOR, worst, True))
-    return lines
-
-
-def _plot(report: AuditReport) -> str:
-    series = _series(report)
-    alt = "robust accuracy against eps for each attack and the worst case"
-    png = _plot_png(series)
-    if png is None:
-        return _plot_svg(series, alt)
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img id="accuracy-plot" src="data:image/png;base64,{data}" alt="{alt}">'
-
-
-def _plot_png(series: list[_Series]) -> bytes | None:
-    """The plot drawn by matplotlib, or None when matplotlib is not installed."""
-    try:
-        # The object-oriented API leaves pyplot's global backend and figures alone.
-        import matplotlib.figure
-    except ImportError:
-        return None
-    figure = matplotlib.figure.Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    axes = figure.add_subplot()
-    for line in series:
-        # Literal text: no mathtext for "$", and a leading "_" would hide the legend entry.
-        label = line.label.replace("$", r"\$")
-        label = " " + label if label.startswith("_") else label
-        axes.plot(
-            line.eps,
-            [100 * a for a in line.accuracy],
-            color=line.color,
-            marker="o",
-            linewidth=2.5 if line.worst else 1.8,
-            # Wide gaps let the last attack's line, which the worst case equals, show through.
-            linestyle=(0, (3, 3)) if line.worst else "-",
-            label=label,
-            zorder=3 if line.worst else 2,
-        )
-    axes.set_xlabel("eps")
-    axes.set_ylabel("robust accuracy (%)")
-    axes.set_ylim(0, 100)
-    axes.set_xlim(left=0)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper right")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
-
-
-def _plot_svg(series: list[_Series], alt: str) -> str:
-    """The plot as inline SVG: axes, grid, one polyline per series and a legend."""
-    width, height = 800, 450
-    left, right, top, bottom = 64, 170, 20, 56
-    plot_w, plot_h = width - left - right, height - top - bottom
-    eps_max = max((e for line in series for e in line.eps), default=0.0) or 1.0
-
-    def x(eps: float) -> float:
-        return left + plot_w * eps / eps_max
-
-    def y(accuracy: float) -> float:
-        return top + plot_h * (1 - accuracy)
-
-    parts = [
-        f'<svg id="accuracy-plot" role="img" aria-label="{alt}" width="{width}" height="{height}"'
-        f' viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f"<title>{alt}</title>",
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
-    ]
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(
-            f'<line x1="{left}" y1="{y(tick):.1f}" x2="{left + plot_w}" y2="{y(tick):.1f}"'
-            ' stroke="#e0e0e0"/>'
-            f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end">{tick * 100:.0f}%</text>'
-        )
-    for tick in sorted({e for line in series for e in line.eps}):
-        parts.append(
-            f'<line x1="{x(tick):.1f}" y1="{top}" x2="{x(tick):.1f}" y2="{top + plot_h}"'
-            ' stroke="#e0e0e0"/>'
-            f'<text x="{x(tick):.1f}" y="{top + plot_h + 18}" text-anchor="middle">'
-            f"{eps_label(tick)}</text>"
-        )
-    parts += [
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none"'
-        ' stroke="#333333"/>',
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 12}" text-anchor="middle">eps</text>',
-        f'<text transform="translate(16 {top + plot_h / 2:.1f}) rotate(-90)"'
-        ' text-anchor="middle">robust accuracy (%)</text>',
-    ]
-    # The worst case last, dashed, so it stays visible on top of the last attack it equals.
-    for line in sorted(series, key=lambda s: s.worst):
-        pairs = list(zip(line.eps, line.accuracy, strict=True))
-        points = " ".join(f"{x(e):.1f},{y(a):.1f}" for e, a in pairs)
-        dash = ' stroke-dasharray="7 7"' if line.worst else ""
-        parts.append(
-            f'<polyline points="{points}" fill="none" stroke="{line.color}"'
-            f' stroke-width="{2.5 if line.worst else 1.8}"{dash}/>'
-        )
-        parts += [
-            f'<circle cx="{x(e):.1f}" cy="{y(a):.1f}" r="3.5" fill="{line.color}"/>'
-            for e, a in pairs
-        ]
-    for i, line in enumerate(series):
-        row = top + 10 + 20 * i
-        dash = ' stroke-dasharray="7 7"' if line.worst else ""
-        parts.append(
-            f'<line x1="{left + plot_w + 14}" y1="{row}" x2="{left + plot_w + 40}" y2="{row}"'
-            f' stroke="{line.color}" stroke-width="2.5"{dash}/>'
-            f'<text x="{left + plot_w + 46}" y="{row + 4}">{escape(line.label)}</text>'
-        )
-    parts.append("</svg>")
-    return "".join(parts)

@@ -1,53 +1,18 @@
 """The Markdown summary: GitHub-flavoured, short enough for a CI job summary or a pull request.
 
-The formatting helpers here (:func:`percent`, :func:`eps_label`, :func:`seconds_label`) are shared
-by the HTML and JUnit renderers, so every form of the report prints the same numbers.
+Numbers are formatted by :mod:`mlsec.reports.labels`, as in every other form of the report.
 """
 
 from __future__ import annotations
 
-from mlsec.auditing.report import FORMATS, AuditReport, ThresholdResult
+from mlsec.auditing.report import FORMATS, AuditReport
+from mlsec.reports.labels import eps_label, percent, requirement, seconds_label
 
-__all__ = ["eps_label", "escape", "percent", "render_markdown", "requirement", "seconds_label"]
+__all__ = ["escape", "render_markdown"]
 
 # Characters that Markdown (or the HTML it may contain) would interpret inside a line; a backslash
 # makes each literal. ``|`` would otherwise end a table cell, ``<`` start raw HTML, ``&`` an entity.
 _SPECIAL = set("\\`*_[]<|&~")
-
-
-def percent(fraction: float) -> str:
-    """A fraction as a percentage with two decimals.
-
-    Example:
-        >>> percent(0.5), percent(1 / 3)
-        ('50.00%', '33.33%')
-
-    """
-    return f"{100 * fraction:.2f}%"
-
-
-def eps_label(eps: float) -> str:
-    """An eps value as short text: ``0.3``, ``0.0313725``."""
-    return f"{eps:g}"
-
-
-def seconds_label(seconds: float) -> str:
-    """A duration for people: ``0.42 s``, ``12.3 s``, ``4 min 05 s``."""
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
-
-
-def requirement(threshold: ThresholdResult) -> str:
-    """What a threshold demands, in words: ``robust accuracy of pgd at eps 0.3 ≥ 50.00%``."""
-    attack = "the worst case" if threshold.attack == "worst" else threshold.attack
-    where = f"{attack} at eps {eps_label(threshold.eps)}"
-    if threshold.kind == "min-accuracy":
-        return f"robust accuracy of {where} ≥ {percent(threshold.limit)}"
-    return f"drop from clean accuracy of {where} ≤ {percent(threshold.limit)}"
 
 
 def escape(text: str) -> str:
@@ -71,7 +36,8 @@ def render_markdown(report: AuditReport) -> str:
 
     Returns:
         A title, the model, data, sample count and clean accuracy, a table of robust accuracy per
-        attack and eps with a worst-case row and the time per attack, the thresholds with their
+        attack and eps with a worst-case row and the time per attack (followed by the
+        strength note when the suite is weaker than the standard one), the thresholds with their
         verdicts, and the gradient-masking warnings.
 
     """
@@ -100,6 +66,7 @@ def render_markdown(report: AuditReport) -> str:
         " above it, so the worst case equals the last row.",
         "",
         *_results_table(report),
+        *_strength_note(report),
         "",
         "### Thresholds",
         "",
@@ -135,6 +102,13 @@ def _results_table(report: AuditReport) -> list[str]:
     worst = [f"**{percent(report.worst_case[eps])}**" for eps in grid]
     rows.append("| " + " | ".join(["**worst case**", *worst, seconds_label(total)]) + " |")
     return rows
+
+
+def _strength_note(report: AuditReport) -> list[str]:
+    """A quoted line under the table when the suite is weaker than the standard one."""
+    if report.strength_note is None:
+        return []
+    return ["", f"> **Note:** {escape(report.strength_note)}"]
 
 
 def _thresholds_table(report: AuditReport) -> list[str]:

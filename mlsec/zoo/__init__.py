@@ -14,10 +14,23 @@ from typing import Any
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
+from mlsec.core.registry import Registry
+from mlsec.defenses.base import Purifier
+from mlsec.defenses.base import load_defense as load_defense_file
 from mlsec.errors import InputError
 from mlsec.zoo import architectures
 
-__all__ = ["ZooEntry", "architecture", "list_defenses", "list_models", "load", "load_defense"]
+__all__ = [
+    "DEFENSES",
+    "MODELS",
+    "ZooDefense",
+    "ZooEntry",
+    "architecture",
+    "list_defenses",
+    "list_models",
+    "load",
+    "load_defense",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,56 +44,82 @@ class ZooEntry:
     summary: str
 
 
-_ENTRIES = {
-    entry.name: entry
-    for entry in (
-        ZooEntry(
-            name="mnist-cnn",
-            build=architectures.mnist_cnn,
-            weights="mnist_cnn.safetensors",
-            script="scripts/train_mnist.py --arch cnn",
-            summary="small CNN, standard training on MNIST test images 0-7999",
-        ),
-        ZooEntry(
-            name="mnist-cnn-pgd",
-            build=architectures.mnist_cnn,
-            weights="mnist_cnn_pgd.safetensors",
-            script="scripts/train_mnist_robust.py",
-            summary="the small CNN, PGD adversarial training (linf eps 0.3) on MNIST test images "
-            "0-7999",
-        ),
-        ZooEntry(
-            name="mnist-softmax",
-            build=architectures.mnist_softmax,
-            weights="mnist_softmax.safetensors",
-            script="scripts/train_mnist.py --arch softmax",
-            summary="softmax regression on pixels, standard training on MNIST test images 0-7999",
-        ),
+@dataclass(frozen=True, kw_only=True)
+class ZooDefense:
+    """A bundled, fitted purifier (not a classifier): its weights file and how it was made."""
+
+    name: str
+    weights: str
+    script: str
+    summary: str
+
+
+# The bundled models and defenses by name; each entry registers itself below.
+MODELS = Registry[ZooEntry]("model")
+DEFENSES = Registry[ZooDefense]("defense")
+
+
+def _bundle_model(entry: ZooEntry) -> None:
+    MODELS.register(entry.name)(entry)
+
+
+def _bundle_defense(entry: ZooDefense) -> None:
+    DEFENSES.register(entry.name)(entry)
+
+
+_bundle_model(
+    ZooEntry(
+        name="mnist-cnn",
+        build=architectures.mnist_cnn,
+        weights="mnist_cnn.safetensors",
+        script="scripts/train_mnist.py --arch cnn",
+        summary="small CNN, standard training on MNIST test images 0-7999",
     )
-}
-
-
-# Bundled purifiers (fitted defenses, not classifiers): name -> (weights file, training script).
-_DEFENSES = {
-    "mnist-defense-gan": (
-        "mnist_defense_gan.safetensors",
-        "scripts/train_defense_gan.py",
-        "Defense-GAN: WGAN-GP generator (latent 32) and encoder, MNIST test images 0-7999",
-    ),
-    "mnist-ape-gan": (
-        "mnist_ape_gan.safetensors",
-        "scripts/train_ape_gan.py",
-        "APE-GAN: purifier trained on FGSM (eps 0.3) examples against mnist-cnn, images 0-7999",
-    ),
-}
+)
+_bundle_model(
+    ZooEntry(
+        name="mnist-cnn-pgd",
+        build=architectures.mnist_cnn,
+        weights="mnist_cnn_pgd.safetensors",
+        script="scripts/train_mnist_robust.py",
+        summary="the small CNN, PGD adversarial training (linf eps 0.3) on MNIST test images "
+        "0-7999",
+    )
+)
+_bundle_model(
+    ZooEntry(
+        name="mnist-softmax",
+        build=architectures.mnist_softmax,
+        weights="mnist_softmax.safetensors",
+        script="scripts/train_mnist.py --arch softmax",
+        summary="softmax regression on pixels, standard training on MNIST test images 0-7999",
+    )
+)
+_bundle_defense(
+    ZooDefense(
+        name="mnist-defense-gan",
+        weights="mnist_defense_gan.safetensors",
+        script="scripts/train_defense_gan.py",
+        summary="Defense-GAN: WGAN-GP generator (latent 32) and encoder, MNIST test images 0-7999",
+    )
+)
+_bundle_defense(
+    ZooDefense(
+        name="mnist-ape-gan",
+        weights="mnist_ape_gan.safetensors",
+        script="scripts/train_ape_gan.py",
+        summary="APE-GAN: purifier trained on FGSM (eps 0.3) examples against mnist-cnn, "
+        "images 0-7999",
+    )
+)
 
 
 def list_defenses() -> list[str]:
     """Names of the bundled defenses, sorted."""
-    return sorted(_DEFENSES)
+    return DEFENSES.names()
 
 
-def load_defense(name: str) -> Any:
+def load_defense(name: str) -> Purifier:
     """A bundled, fitted purifier (:class:`mlsec.defenses.Purifier`) by name.
 
     Example:
@@ -88,31 +127,32 @@ def load_defense(name: str) -> Any:
         'ape-gan'
 
     """
-    from mlsec.defenses.base import load_defense as load_file
-
-    if name not in _DEFENSES:
+    if name not in DEFENSES:
         raise InputError(
             f"unknown defense {name!r}; bundled defenses: {', '.join(list_defenses())}"
         )
-    with resources.as_file(
-        resources.files("mlsec.zoo").joinpath(f"weights/{_DEFENSES[name][0]}")
-    ) as path:
-        return load_file(path)
+    weights = _weights(DEFENSES.get(name).weights)
+    with resources.as_file(weights) as path:
+        return load_defense_file(path)
 
 
 def list_models() -> list[str]:
     """Names of the bundled models, sorted."""
-    return sorted(_ENTRIES)
+    return MODELS.names()
 
 
 def _entry(name: str) -> ZooEntry:
-    try:
-        return _ENTRIES[name]
-    except KeyError:
-        also = f" (bundled defenses: {', '.join(list_defenses())})" if name in _DEFENSES else ""
+    if name not in MODELS:
+        also = f" (bundled defenses: {', '.join(list_defenses())})" if name in DEFENSES else ""
         raise InputError(
             f"unknown model {name!r}; bundled models: {', '.join(list_models())}{also}"
-        ) from None
+        )
+    return MODELS.get(name)
+
+
+def _weights(file: str) -> Any:
+    """The bundled weights file ``file`` (a traversable inside the package)."""
+    return resources.files("mlsec.zoo").joinpath(f"weights/{file}")
 
 
 def architecture(name: str) -> str:
@@ -140,10 +180,9 @@ def load(name: str) -> Any:
         False
 
     """
-    if name in _DEFENSES:
+    if name in DEFENSES:
         return load_defense(name)
     entry = _entry(name)
     model = entry.build()
-    blob = resources.files("mlsec.zoo").joinpath(f"weights/{entry.weights}").read_bytes()
-    model.load_state_dict(load_safetensors(blob))
+    model.load_state_dict(load_safetensors(_weights(entry.weights).read_bytes()))
     return model.eval()

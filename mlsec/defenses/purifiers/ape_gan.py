@@ -24,10 +24,15 @@ import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
 
+from mlsec.attacks.fgsm import FGSM
+from mlsec.core.data import as_tensors
 from mlsec.core.fingerprint import fingerprint_model, fingerprint_tensors
+from mlsec.core.progress import Stage
+from mlsec.core.progress import progress as progress_bars
 from mlsec.core.validation import check_count, check_number, check_seed
-from mlsec.defenses.base import Purifier, network_field
+from mlsec.defenses.base import PURIFIERS, Purifier, network_field
 from mlsec.defenses.purifiers import run
+from mlsec.defenses.weights import module_tensors, optimizer_tensors
 from mlsec.errors import InputError
 
 __all__ = ["APEGAN", "ape_discriminator", "ape_generator"]
@@ -64,6 +69,7 @@ def ape_discriminator(width: int = 64) -> nn.Module:
     )
 
 
+@PURIFIERS.register("ape-gan")
 @dataclass(kw_only=True)
 class APEGAN(Purifier):
     """APE-GAN purifier for 28 x 28 grey images.
@@ -146,9 +152,6 @@ class APEGAN(Purifier):
             ``self``, fitted, generator in eval mode on the CPU.
 
         """
-        from mlsec.attacks import FGSM
-        from mlsec.core.data import as_tensors
-
         x, y = as_tensors(data)
         if tuple(x.shape[1:]) != (1, 28, 28):
             raise InputError(f"APEGAN trains on [n, 1, 28, 28] images (got {tuple(x.shape)})")
@@ -172,79 +175,63 @@ class APEGAN(Purifier):
         )
         device = torch.device(device)
         x, y, model = x.to(device), y.to(device), model.to(device)
-        fgsm = FGSM(eps=self.eps)
         torch.manual_seed(self.seed)
-        generator = ape_generator(self.width).to(device)
-        critic = ape_discriminator(self.width).to(device)
-        g_opt = torch.optim.Adam(generator.parameters(), lr=self.lr, betas=(0.5, 0.999))
-        d_opt = torch.optim.Adam(critic.parameters(), lr=self.lr, betas=(0.5, 0.999))
+        nets = _Networks(
+            ape_generator(self.width).to(device), ape_discriminator(self.width).to(device), self.lr
+        )
         epoch, seconds = 0, 0.0
         saved = folder_.load()
         if saved is not None:
             epoch, seconds = saved.restore(
-                networks={"g": generator, "d": critic},
-                optimizers={"g_opt": g_opt, "d_opt": d_opt},
+                networks={"g": nets.generator, "d": nets.critic},
+                optimizers={"g_opt": nets.g_opt, "d_opt": nets.d_opt},
                 counter="epoch",
                 total=epochs,
-                limit="epochs (--epochs)",
+                limit="epochs",
             )
         clock = run.Clock(seconds)
         batches = -(-len(x) // batch_size)
-        show = slice(0, 8)
-        with run.progress_bar(
-            epochs * batches, epoch * batches, "APE-GAN", enabled=progress, console=console
-        ) as advance:
+        with progress_bars(enabled=progress, console=console, unit="batches") as tracker:
+            stage = tracker.stage("APE-GAN", total=epochs * batches, completed=epoch * batches)
             while epoch < epochs:
-                order = torch.randperm(len(x), device=device)
-                totals = torch.zeros(3)
-                for start in range(0, len(x), batch_size):
-                    pick = order[start : start + batch_size]
-                    clean, labels = x[pick], y[pick]
-                    adversarial = fgsm(model, clean, labels)
-                    generator.train()
-                    purified = generator(adversarial)
-                    real_logit, fake_logit = critic(clean), critic(purified.detach())
-                    d_loss = F.binary_cross_entropy_with_logits(
-                        real_logit, torch.ones_like(real_logit)
-                    ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
-                    d_opt.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    d_opt.step()
-                    fooled = critic(purified)
-                    recon = F.mse_loss(purified, clean)
-                    adv = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-                    g_loss = self.recon_weight * recon + self.adv_weight * adv
-                    g_opt.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    g_opt.step()
-                    totals += torch.stack([recon.detach(), adv.detach(), d_loss.detach()]).cpu()
-                    advance(f"mse {float(recon.detach()):.4f}  adv {float(adv.detach()):.3f}")
+                means, shown = self._epoch(nets, model, x, y, batch_size, stage)
                 epoch += 1
-                recon_m, adv_m, d_m = (totals / batches).tolist()
                 record = {
                     "epoch": epoch,
-                    "mse": round(recon_m, 5),
-                    "adv_loss": round(adv_m, 4),
-                    "d_loss": round(d_m, 4),
+                    "mse": round(means[0], 5),
+                    "adv_loss": round(means[1], 4),
+                    "d_loss": round(means[2], 4),
                     "seconds": clock(),
                 }
-                generator.eval()
-                with torch.no_grad():
-                    cleaned = generator(adversarial[show])
-                    sample = torch.cat([clean[show], adversarial[show], cleaned])
-                folder_.image(f"samples-{epoch:03d}.png", sample)
-                tensors = {
-                    **run.module_tensors("g", generator),
-                    **run.module_tensors("d", critic),
-                    **run.optimizer_tensors("g_opt", g_opt),
-                    **run.optimizer_tensors("d_opt", d_opt),
-                    "rng": torch.get_rng_state(),
-                    "epoch": torch.tensor(epoch),
-                    "seconds": torch.tensor(record["seconds"]),
-                }
-                folder_.save(tensors, record)
-        self.generator = generator.eval().cpu().requires_grad_(False)
+                folder_.image(f"samples-{epoch:03d}.png", nets.samples(*shown))
+                folder_.save(nets.tensors("epoch", epoch, record["seconds"]), record)
+            stage.finish()
+        self.generator = nets.generator.eval().cpu().requires_grad_(False)
         return self
+
+    def _epoch(
+        self,
+        nets: _Networks,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        stage: Stage,
+    ) -> tuple[list[float], tuple[torch.Tensor, torch.Tensor]]:
+        """One pass over the data: mean (mse, adversarial, discriminator) losses, last batch."""
+        fgsm = FGSM(eps=self.eps)
+        order = torch.randperm(len(x), device=x.device)
+        totals = torch.zeros(3)
+        clean = adversarial = x[:0]
+        for start in range(0, len(x), batch_size):
+            pick = order[start : start + batch_size]
+            clean, labels = x[pick], y[pick]
+            adversarial = fgsm(model, clean, labels)
+            recon, adv, d_loss = nets.step(clean, adversarial, self.recon_weight, self.adv_weight)
+            totals += torch.stack([recon, adv, d_loss]).cpu()
+            stage.advance(1, note=f"mse {float(recon):.4f}  adv {float(adv):.3f}")
+        batches = -(-len(x) // batch_size)
+        return (totals / batches).tolist(), (clean, adversarial)
 
     @classmethod
     def from_tensors(
@@ -257,3 +244,55 @@ class APEGAN(Purifier):
         run.load_networks({"generator": generator}, tensors, where)
         defense.generator = generator.eval().requires_grad_(False)
         return defense
+
+
+class _Networks:
+    """APE-GAN's generator and discriminator with their optimisers, and one training step."""
+
+    def __init__(self, generator: nn.Module, critic: nn.Module, lr: float) -> None:
+        self.generator = generator
+        self.critic = critic
+        self.g_opt = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+        self.d_opt = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.5, 0.999))
+
+    def step(
+        self, clean: torch.Tensor, adversarial: torch.Tensor, recon_weight: float, adv_weight: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One discriminator and one generator update; the (detached) losses."""
+        self.generator.train()
+        purified = self.generator(adversarial)
+        real_logit, fake_logit = self.critic(clean), self.critic(purified.detach())
+        d_loss = F.binary_cross_entropy_with_logits(
+            real_logit, torch.ones_like(real_logit)
+        ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+        self.d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_opt.step()
+        fooled = self.critic(purified)
+        recon = F.mse_loss(purified, clean)
+        adv = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        g_loss = recon_weight * recon + adv_weight * adv
+        self.g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_opt.step()
+        return recon.detach(), adv.detach(), d_loss.detach()
+
+    def samples(self, clean: torch.Tensor, adversarial: torch.Tensor) -> torch.Tensor:
+        """Rows of 8 clean images, their FGSM versions and the purified ones."""
+        show = slice(0, 8)
+        self.generator.eval()
+        with torch.no_grad():
+            cleaned = self.generator(adversarial[show])
+        return torch.cat([clean[show], adversarial[show], cleaned])
+
+    def tensors(self, counter: str, done: int, seconds: float) -> dict[str, torch.Tensor]:
+        """The checkpoint's tensors: networks, optimisers, global RNG and progress."""
+        return {
+            **module_tensors("g", self.generator),
+            **module_tensors("d", self.critic),
+            **optimizer_tensors("g_opt", self.g_opt),
+            **optimizer_tensors("d_opt", self.d_opt),
+            "rng": torch.get_rng_state(),
+            counter: torch.tensor(done),
+            "seconds": torch.tensor(seconds),
+        }

@@ -27,17 +27,23 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from mlsec.core.data import as_tensors
 from mlsec.core.fingerprint import fingerprint_tensors
+from mlsec.core.model import frozen
+from mlsec.core.progress import Tracker
+from mlsec.core.progress import progress as progress_bars
 from mlsec.core.validation import MAX_SEED, check_count, check_number, check_seed
-from mlsec.defenses.base import Purifier, network_field
+from mlsec.defenses.base import PURIFIERS, Purifier, network_field
 from mlsec.defenses.purifiers import run
 from mlsec.defenses.purifiers.networks import (
-    _latent_size,
+    latent_size,
     mnist_critic,
     mnist_encoder,
     mnist_generator,
     project,
 )
+from mlsec.defenses.purifiers.wgan import WGANPlan, gradient_penalty, wgan_step
+from mlsec.defenses.weights import module_tensors, optimizer_tensors
 from mlsec.errors import InputError
 
 __all__ = ["DefenseGAN", "gradient_penalty"]
@@ -46,14 +52,7 @@ _INITS = ("random", "encoder")
 _BPDA = ("auto", "identity", "encoder")
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP's penalty: mean of ``(||grad critic(x_hat)|| - 1)^2`` on random interpolates."""
-    mix = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
-    x_hat = (mix * real + (1 - mix) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
+@PURIFIERS.register("defense-gan")
 @dataclass(kw_only=True)
 class DefenseGAN(Purifier):
     """Defense-GAN purifier for 28 x 28 grey images.
@@ -110,10 +109,10 @@ class DefenseGAN(Purifier):
         for role, network in (("generator", self.generator), ("encoder", self.encoder)):
             if network is not None and not isinstance(network, nn.Module):
                 raise InputError(f"{role} must be a torch.nn.Module (got {type(network).__name__})")
-        if self.generator is not None and _latent_size(self.generator) != self.latent:
+        if self.generator is not None and latent_size(self.generator) != self.latent:
             raise InputError(
                 f"latent size {self.latent} does not match the generator's weights "
-                f"(latent {_latent_size(self.generator)})"
+                f"(latent {latent_size(self.generator)})"
             )
         if self.encoder is not None:
             out = [m for m in self.encoder.modules() if isinstance(m, nn.Linear)]
@@ -168,10 +167,8 @@ class DefenseGAN(Purifier):
         if self.init == "encoder":
             if self.encoder is None:
                 raise InputError('init="encoder" needs a fitted encoder (fit with encoder_steps)')
-            with torch.no_grad():
-                was = self.encoder.training
-                z0[0] = self.encoder.eval()(x.detach()).float().cpu()
-                self.encoder.train(was)
+            with torch.no_grad(), frozen(self.encoder) as encoder:
+                z0[0] = encoder(x.detach()).float().cpu()
         return project(
             generator, x, steps=steps or self.steps, restarts=self.restarts, lr=self.lr, z0=z0
         )
@@ -228,21 +225,12 @@ class DefenseGAN(Purifier):
             ``self``, fitted, networks in eval mode on the CPU.
 
         """
-        from mlsec.core.data import as_tensors
-
         x, _ = as_tensors(data)
         if tuple(x.shape[1:]) != (1, 28, 28):
             raise InputError(f"DefenseGAN trains on [n, 1, 28, 28] images (got {tuple(x.shape)})")
-        for label, value in (
-            ("gan_steps", gan_steps),
-            ("batch_size", batch_size),
-            ("critic_steps", critic_steps),
-            ("every", every),
-        ):
-            check_count(label, value)
+        plan = WGANPlan(gan_steps, batch_size, critic_steps, penalty, gan_lr, every)
+        plan.check()
         check_count("encoder_steps", encoder_steps, low=0)
-        if not (penalty >= 0 and gan_lr > 0):
-            raise InputError(f"need penalty >= 0 and gan_lr > 0 (got {penalty}, {gan_lr})")
         folder_ = run.RunFolder(
             folder,
             resume=resume,
@@ -251,97 +239,70 @@ class DefenseGAN(Purifier):
                 # What the generator's training depends on; the projection's settings (steps,
                 # restarts, lr, init, bpda), every and encoder_steps may change on resume.
                 "params": {"latent": self.latent, "width": self.width, "seed": self.seed},
-                "fit": {
-                    "batch_size": batch_size,
-                    "critic_steps": critic_steps,
-                    "penalty": penalty,
-                    "gan_lr": gan_lr,
-                },
+                "fit": plan.settings(),
                 "data": {"training data": fingerprint_tensors(x)},
             },
         )
-        device = torch.device(device)
-        x = x.to(device)
-        torch.manual_seed(self.seed)
-        generator = mnist_generator(self.latent, self.width).to(device)
-        critic = mnist_critic(self.width).to(device)
-        g_opt = torch.optim.Adam(generator.parameters(), lr=gan_lr, betas=(0.5, 0.9))
-        c_opt = torch.optim.Adam(critic.parameters(), lr=gan_lr, betas=(0.5, 0.9))
-        fixed = torch.randn(64, self.latent, generator=torch.Generator().manual_seed(12345))
-        step, seconds = 0, 0.0
-        saved = folder_.load()
-        if saved is not None:
-            step, seconds = saved.restore(
-                networks={"g": generator, "c": critic},
-                optimizers={"g_opt": g_opt, "c_opt": c_opt},
-                counter="step",
-                total=gan_steps,
-                limit="gan_steps (--gan-steps)",
-            )
-        clock = run.Clock(seconds)
-        with run.progress_bar(
-            gan_steps, min(step, gan_steps), "WGAN-GP", enabled=progress, console=console
-        ) as advance:
-            while step < gan_steps:
-                generator.train()
-                for _ in range(critic_steps):
-                    real = x[torch.randint(0, len(x), (batch_size,), device=device)]
-                    with torch.no_grad():
-                        fake = generator(torch.randn(batch_size, self.latent, device=device))
-                    wasserstein = critic(real).mean() - critic(fake).mean()
-                    gp = gradient_penalty(critic, real, fake)
-                    c_opt.zero_grad(set_to_none=True)
-                    (-wasserstein + penalty * gp).backward()
-                    c_opt.step()
-                fake = generator(torch.randn(batch_size, self.latent, device=device))
-                g_loss = -critic(fake).mean()
-                g_opt.zero_grad(set_to_none=True)
-                g_loss.backward()
-                g_opt.step()
-                step += 1
-                if step % every == 0 or step == gan_steps:
-                    record = {
-                        "step": step,
-                        "wasserstein": round(float(wasserstein.detach()), 4),
-                        "penalty": round(float(gp.detach()), 4),
-                        "g_loss": round(float(g_loss.detach()), 4),
-                        "seconds": clock(),
-                    }
-                    advance(f"W {record['wasserstein']:.3f}  GP {record['penalty']:.3f}")
-                    generator.eval()
-                    with torch.no_grad():
-                        folder_.image(f"samples-{step:06d}.png", generator(fixed.to(device)))
-                    tensors = {
-                        **run.module_tensors("g", generator),
-                        **run.module_tensors("c", critic),
-                        **run.optimizer_tensors("g_opt", g_opt),
-                        **run.optimizer_tensors("c_opt", c_opt),
-                        "rng": torch.get_rng_state(),
-                        "step": torch.tensor(step),
-                        "seconds": torch.tensor(record["seconds"]),
-                    }
-                    folder_.save(tensors, record)
-                else:
-                    advance()
-        self.generator = generator.eval()
-        self.encoder = None
-        if encoder_steps:
-            self.encoder = self._fit_encoder(
-                x, encoder_steps, batch_size, progress=progress, console=console
-            )
+        x = x.to(torch.device(device))
+        with progress_bars(enabled=progress, console=console, unit="steps") as tracker:
+            self.generator = self._fit_gan(x, plan, folder_, tracker).eval()
+            self.encoder = None
+            if encoder_steps:
+                self.encoder = self._fit_encoder(x, encoder_steps, batch_size, tracker)
         self.generator = self.generator.cpu()
         for p in self.generator.parameters():
             p.requires_grad_(False)
         return self
 
+    def _fit_gan(
+        self, x: torch.Tensor, plan: WGANPlan, folder: run.RunFolder, tracker: Tracker
+    ) -> nn.Module:
+        """The WGAN-GP generator, trained (or resumed) to ``plan.gan_steps`` steps."""
+        device = x.device
+        torch.manual_seed(self.seed)
+        generator = mnist_generator(self.latent, self.width).to(device)
+        critic = mnist_critic(self.width).to(device)
+        g_opt = torch.optim.Adam(generator.parameters(), lr=plan.gan_lr, betas=(0.5, 0.9))
+        c_opt = torch.optim.Adam(critic.parameters(), lr=plan.gan_lr, betas=(0.5, 0.9))
+        fixed = torch.randn(64, self.latent, generator=torch.Generator().manual_seed(12345))
+        step, seconds = 0, 0.0
+        saved = folder.load()
+        if saved is not None:
+            step, seconds = saved.restore(
+                networks={"g": generator, "c": critic},
+                optimizers={"g_opt": g_opt, "c_opt": c_opt},
+                counter="step",
+                total=plan.gan_steps,
+                limit="gan_steps",
+            )
+        clock = run.Clock(seconds)
+        stage = tracker.stage("WGAN-GP", total=plan.gan_steps, completed=min(step, plan.gan_steps))
+        while step < plan.gan_steps:
+            losses = wgan_step(x, generator, critic, (g_opt, c_opt), plan, latent=self.latent)
+            step += 1
+            if step % plan.every != 0 and step != plan.gan_steps:
+                stage.advance(1)
+                continue
+            record = {"step": step, **losses, "seconds": clock()}
+            stage.advance(1, note=f"W {record['wasserstein']:.3f}  GP {record['penalty']:.3f}")
+            generator.eval()
+            with torch.no_grad():
+                folder.image(f"samples-{step:06d}.png", generator(fixed.to(device)))
+            tensors = {
+                **module_tensors("g", generator),
+                **module_tensors("c", critic),
+                **optimizer_tensors("g_opt", g_opt),
+                **optimizer_tensors("c_opt", c_opt),
+                "rng": torch.get_rng_state(),
+                "step": torch.tensor(step),
+                "seconds": torch.tensor(record["seconds"]),
+            }
+            folder.save(tensors, record)
+        stage.finish()
+        return generator
+
     def _fit_encoder(
-        self,
-        x: torch.Tensor,
-        steps: int,
-        batch_size: int,
-        *,
-        progress: bool,
-        console: Console | None,
+        self, x: torch.Tensor, steps: int, batch_size: int, tracker: Tracker
     ) -> nn.Module:
         assert self.generator is not None
         generator = self.generator.eval()
@@ -350,19 +311,20 @@ class DefenseGAN(Purifier):
         torch.manual_seed((self.seed + 1) % (MAX_SEED + 1))
         encoder = mnist_encoder(self.latent, self.width).to(x.device)
         optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3)
-        with run.progress_bar(steps, 0, "encoder", enabled=progress, console=console) as advance:
-            for _ in range(steps):
-                real = x[torch.randint(0, len(x), (batch_size,), device=x.device)]
-                z = torch.randn(batch_size, self.latent, device=x.device)
-                with torch.no_grad():
-                    drawn = generator(z)
-                image_loss = (generator(encoder(real)) - real).pow(2).flatten(1).sum(1).mean()
-                latent_loss = (encoder(drawn) - z).pow(2).sum(1).mean()
-                optimizer.zero_grad(set_to_none=True)
-                (image_loss + latent_loss).backward()
-                optimizer.step()
-                losses = (float(image_loss.detach()), float(latent_loss.detach()))
-                advance(f"image {losses[0]:.2f}  latent {losses[1]:.3f}")
+        stage = tracker.stage("encoder", total=steps)
+        for _ in range(steps):
+            real = x[torch.randint(0, len(x), (batch_size,), device=x.device)]
+            z = torch.randn(batch_size, self.latent, device=x.device)
+            with torch.no_grad():
+                drawn = generator(z)
+            image_loss = (generator(encoder(real)) - real).pow(2).flatten(1).sum(1).mean()
+            latent_loss = (encoder(drawn) - z).pow(2).sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            (image_loss + latent_loss).backward()
+            optimizer.step()
+            losses = (float(image_loss.detach()), float(latent_loss.detach()))
+            stage.advance(1, note=f"image {losses[0]:.2f}  latent {losses[1]:.3f}")
+        stage.finish()
         return encoder.eval().cpu()
 
     # --- files -----------------------------------------------------------------------------------

@@ -21,12 +21,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
+from mlsec.core.model import frozen
 from mlsec.core.validation import check_count
+from mlsec.defenses.weights import save_weights
 from mlsec.errors import InputError
 
 __all__ = [
+    "latent_size",
     "load_generator",
     "mnist_critic",
     "mnist_encoder",
@@ -138,42 +143,52 @@ def project(
         check_count("chunk", chunk)
     if not lr > 0:
         raise InputError(f"lr must be > 0 (got {lr!r})")
-    latent = _latent_size(generator)
+    latent = latent_size(generator)
     batch = x.shape[0]
     if z0 is None:
         draws = torch.Generator(device="cpu").manual_seed(seed)
         z0 = torch.randn(restarts, batch, latent, generator=draws)
     if tuple(z0.shape) != (restarts, batch, latent):
         raise InputError(f"z0 must have shape {(restarts, batch, latent)} (got {tuple(z0.shape)})")
-    was_training = generator.training
-    flags = [p.requires_grad for p in generator.parameters()]
-    generator.eval()
-    for p in generator.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen(generator):
         z = z0.reshape(restarts * batch, latent).to(x.device, x.dtype).clone().requires_grad_(True)
         target = x.detach().repeat(restarts, *([1] * (x.dim() - 1)))
-        optimizer = torch.optim.Adam([z], lr=lr)
-        total = z.shape[0]
-        size = chunk or (total if x.device.type == "cuda" else _CPU_CHUNK)
-        with torch.enable_grad():
-            for _ in range(steps):
-                optimizer.zero_grad(set_to_none=True)
-                for start in range(0, total, size):
-                    part = slice(start, start + size)
-                    error = (generator(z[part]) - target[part]).pow(2).flatten(1).sum(1)
-                    error.sum().backward()
-                optimizer.step()
-        with torch.no_grad():
-            images = generator(z)
-            error = (images - target).pow(2).flatten(1).sum(1).view(restarts, batch)
-            best = error.argmin(0)
-            pick = best * batch + torch.arange(batch, device=x.device)
-            return images[pick], z.detach()[pick]
-    finally:
-        generator.train(was_training)
-        for p, flag in zip(generator.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
+        size = chunk or (z.shape[0] if x.device.type == "cuda" else _CPU_CHUNK)
+        _descend(generator, z, target, steps=steps, lr=lr, chunk=size)
+        return _best_restart(generator, z.detach(), target, restarts)
+
+
+def _descend(
+    generator: nn.Module,
+    z: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    chunk: int,
+) -> None:
+    """``steps`` Adam steps on ``z`` (in place) towards ``||G(z) - target||^2`` per row."""
+    optimizer = torch.optim.Adam([z], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            for start in range(0, z.shape[0], chunk):
+                part = slice(start, start + chunk)
+                error = (generator(z[part]) - target[part]).pow(2).flatten(1).sum(1)
+                error.sum().backward()
+            optimizer.step()
+
+
+def _best_restart(
+    generator: nn.Module, z: torch.Tensor, target: torch.Tensor, restarts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, ``G(z)`` and ``z`` of the restart with the lowest reconstruction error."""
+    batch = z.shape[0] // restarts
+    with torch.no_grad():
+        images = generator(z)
+        error = (images - target).pow(2).flatten(1).sum(1).view(restarts, batch)
+        pick = error.argmin(0) * batch + torch.arange(batch, device=z.device)
+        return images[pick], z[pick]
 
 
 # Latents per generator pass on the CPU (see ``project``): measured on 2 cores, 200 latents per
@@ -181,7 +196,7 @@ def project(
 _CPU_CHUNK = 256
 
 
-def _latent_size(generator: nn.Module) -> int:
+def latent_size(generator: nn.Module) -> int:
     """The generator's latent size: the input width of its first linear layer."""
     first = next((m for m in generator.modules() if isinstance(m, nn.Linear)), None)
     if first is None:
@@ -191,9 +206,7 @@ def _latent_size(generator: nn.Module) -> int:
 
 def save_generator(generator: nn.Module, path: str | Path) -> None:
     """Write ``generator``'s weights to ``path`` as safetensors, its latent size in the metadata."""
-    from mlsec.defenses.training import save_weights
-
-    save_weights(generator, Path(path), metadata={"latent": str(_latent_size(generator))})
+    save_weights(generator, Path(path), metadata={"latent": str(latent_size(generator))})
 
 
 def load_generator(path: str | Path, *, latent: int | None = None) -> nn.Module:
@@ -201,9 +214,6 @@ def load_generator(path: str | Path, *, latent: int | None = None) -> nn.Module:
 
     ``latent`` defaults to the size the file records; a different one is refused in one line.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -1,4 +1,4 @@
-"""What the GAN defenses' training loops share: a run folder, checkpoints, sample grids, progress.
+"""What the GAN defenses' training loops share: a run folder, checkpoints, sample grids, a clock.
 
 A run folder holds ``checkpoint.safetensors`` (networks, optimisers, RNG state and progress,
 written through a temporary file and a rename, so a kill leaves the old or the new one),
@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import save
 from torch import nn
 
 from mlsec.core.files import write_atomic
-from mlsec.defenses.training import (
+from mlsec.defenses.checkpoints import (
     CHECKPOINT,
     GAN_FORMAT,
     LOG,
-    META_KEY,
     check_folder,
     check_same_run,
     count_problem,
@@ -40,9 +36,11 @@ from mlsec.defenses.training import (
     optimizer_state,
     read_checkpoint,
     rng_problem,
-    state_problem,
 )
+from mlsec.defenses.weights import META_KEY, state_problem
 from mlsec.errors import InputError
+
+__all__ = ["Clock", "RunFolder", "SavedRun", "image_grid", "load_networks"]
 
 
 def image_grid(images: torch.Tensor, columns: int = 8) -> Image.Image:
@@ -54,22 +52,6 @@ def image_grid(images: torch.Tensor, columns: int = 8) -> Image.Image:
         r, c = divmod(i, columns)
         canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = image
     return Image.fromarray((canvas.numpy() * 255).round().astype(np.uint8))  # uint8 2-D: grey
-
-
-def optimizer_tensors(prefix: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """An optimiser's per-parameter state as flat ``PREFIX.INDEX.NAME`` tensors (safetensors)."""
-    tensors = {}
-    for index, entries in optimizer.state_dict()["state"].items():
-        for name, value in entries.items():
-            tensors[f"{prefix}.{index}.{name}"] = torch.as_tensor(value).detach().clone()
-    return tensors
-
-
-def module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
-    """A module's state dict as ``PREFIX.KEY`` tensors (safetensors)."""
-    # safetensors refuses shared storage and non-contiguous tensors: copy what it would refuse.
-    state = module.state_dict()
-    return {f"{prefix}.{k}": v.detach().contiguous().clone() for k, v in state.items()}
 
 
 def _under(prefix: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,7 +112,7 @@ class SavedRun:
             optimizers: their optimisers by prefix (``g_opt.INDEX.NAME`` tensors).
             counter: the name of the progress tensor (``"step"``, ``"epoch"``).
             total: the run's total of ``counter``; a checkpoint past it is refused.
-            limit: the setting that sets ``total`` and its option, e.g. ``"epochs (--epochs)"``.
+            limit: the setting that sets ``total``, e.g. ``"epochs"``.
 
         Returns:
             The progress count and the seconds of training so far.
@@ -166,11 +148,10 @@ class SavedRun:
             optimizer.load_state_dict({"state": states[name], "param_groups": groups})
         done = int(tensors[counter].item())
         if done > total:
-            setting, _, option = limit.partition(" ")
             raise InputError(
-                f"--resume: the checkpoint in {path.parent} is at {counter} {done}, past "
-                f"{setting} {total}; give {setting} {done} or more {option}, or start a new run "
-                "in another folder"
+                f"the checkpoint in {path.parent} is at {counter} {done}, past {limit} {total}; "
+                f"give {limit} {done} or more, or start a new run in another folder",
+                subject="resume",
             )
         torch.set_rng_state(tensors["rng"])
         return done, float(tensors["seconds"].item())
@@ -185,7 +166,7 @@ class RunFolder:
         defense: the defense's name, recorded in the checkpoint.
         settings: what decides the run and must not change on resume (JSON values); its
             ``"data"`` maps names of the data to their hashes
-            (:func:`~mlsec.auditing.resume.fingerprint_tensors`).
+            (:func:`~mlsec.core.fingerprint.fingerprint_tensors`).
 
     """
 
@@ -202,7 +183,7 @@ class RunFolder:
         self.settings = json.loads(json.dumps(settings))  # as a reloaded checkpoint will hold them
         if self.folder is None:
             if resume:
-                raise InputError("resume needs the run folder to resume from")
+                raise InputError("resume needs the run folder to resume from", subject="resume")
             return
         check_folder(self.folder, resume=resume, files=(CHECKPOINT, LOG))
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -223,9 +204,9 @@ class RunFolder:
             raise damaged(path, "it names no defense")
         if found != self.defense:
             raise InputError(
-                f"--resume: the checkpoint in {self.folder} was made by {found}, not "
-                f"{self.defense}; resume it with mlsec defend train {found}, or start a new run "
-                "in another folder"
+                f"the checkpoint in {self.folder} was made by {found}, not {self.defense}; "
+                f"resume it with mlsec defend train {found}, or start a new run in another folder",
+                subject="resume",
             )
         check_same_run(path, meta.get("settings"), self.settings)
         return SavedRun(path, tensors)
@@ -245,30 +226,6 @@ class RunFolder:
             image_grid(images, columns).save(self.folder / name)
 
 
-@contextmanager
-def progress_bar(
-    total: int, done: int, what: str, *, enabled: bool, console: Console | None
-) -> Iterator[Any]:
-    """A rich bar over ``total`` units starting at ``done``; yields ``advance(losses: str)``."""
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[losses]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=not enabled,
-    )
-    with bar:
-        task = bar.add_task(what, total=total, completed=done, losses="")
-
-        def advance(losses: str = "") -> None:
-            bar.update(task, advance=1, losses=losses)
-
-        yield advance
-
-
 class Clock:
     """Seconds of training, carried across resumes."""
 
@@ -277,4 +234,5 @@ class Clock:
         self.start = time.perf_counter()
 
     def __call__(self) -> float:
+        """Seconds so far, to a tenth."""
         return round(self.before + time.perf_counter() - self.start, 1)
