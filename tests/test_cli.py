@@ -314,7 +314,7 @@ def test_user_registered_attack_runs_with_cli_steps(
     )
     monkeypatch.chdir(tmp_path)
     # The plugin registers into a copy of the registry, so it does not outlive this test.
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.ATTACKS, "_entries", dict(registry.ATTACKS._entries))
     report = _run_json(
         [
             "audit",

@@ -17,8 +17,6 @@ __all__ = ["ATTACKS", "create", "get", "list_attacks", "open_params", "register_
 
 ATTACKS = Registry[type[Attack]]("attack")
 A = TypeVar("A", bound=type[Attack])
-# The entries by name (kept for tests that isolate a registration: monkeypatch a copy in).
-_REGISTRY = ATTACKS._entries
 
 
 def register_attack(name: str) -> Callable[[A], A]:
