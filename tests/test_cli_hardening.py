@@ -481,3 +481,17 @@ def test_strength_note_is_printed_once_under_the_table(
     # Quiet prints one summary line per model and no table, so no note either.
     assert run_cli([*ONE, "-q"]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_strength_note_gives_the_command_for_this_model_and_data(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli(ONE) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1
+    # FGSM alone lacks every part of the standard suite; the command reruns this model's audit.
+    assert "no APGD-CE, no APGD-T or APGD-DLR, no Square" in notes[0]
+    assert notes[0].endswith(
+        "run mlsec audit --model mnist-cnn --data mnist-sample --limit 40 --eps 0.1 "
+        "--suite standard"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +246,21 @@ def _thresholds(args: argparse.Namespace) -> list[Threshold]:
     )
 
 
+def _standard_command(args: argparse.Namespace) -> str:
+    """``mlsec audit`` with this run's model, data and budgets, and ``--suite standard``."""
+    parts = ["mlsec audit"]
+    options = ("model", "arch", "data", "normalize", "bounds", "limit")
+    for option in options:
+        value = getattr(args, option)
+        if isinstance(value, list | tuple):
+            value = ",".join(f"{v:g}" for v in value)
+        if value is not None:
+            parts.append(f"--{option} {shlex.quote(str(value))}")
+    if args.eps is not None:
+        parts.append("--eps " + ",".join(f"{e:g}" for e in args.eps))
+    return " ".join([*parts, "--suite standard"])
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``mlsec audit``; returns the exit code."""
     if args.defense is not None:
@@ -302,12 +318,17 @@ def run(args: argparse.Namespace) -> int:
         )
         reports.append(report)
         written += write_reports(report, files[model_name], plan)
-    _print_results(console, reports, written, quiet=args.quiet)
+    _print_results(console, reports, written, quiet=args.quiet, command=_standard_command(args))
     return _exit_code(console, reports, strict=args.strict)
 
 
 def _print_results(
-    console: Console, reports: list[AuditReport], written: list[Path], *, quiet: bool
+    console: Console,
+    reports: list[AuditReport],
+    written: list[Path],
+    *,
+    quiet: bool,
+    command: str | None = None,
 ) -> None:
     """The tables (or, quiet, one line per model), then thresholds, warnings and files written."""
     if quiet:
@@ -322,7 +343,7 @@ def _print_results(
     else:
         one = len(reports) == 1
         console.print(robust_table(reports[0]) if one else comparison_table(reports))
-        print_strength_notes(console, reports)
+        print_strength_notes(console, reports, command)
     for report in reports:
         prefix = f"{printable(report.model)}: " if len(reports) > 1 else ""
         for result in report.thresholds:

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mlsec.auditing.plan import STANDARD_COMMAND
 from mlsec.auditing.report import AuditReport
 from mlsec.core.text import percent, printable
 
@@ -78,8 +79,15 @@ def comparison_table(reports: list[AuditReport]) -> Table:
     return table
 
 
-def print_strength_notes(console: Console, reports: list[AuditReport]) -> None:
-    """Under the table: one line when the suite was weaker than ``standard`` (once per text)."""
+def print_strength_notes(
+    console: Console, reports: list[AuditReport], command: str | None = None
+) -> None:
+    """Under the table: one line when the suite was weaker than ``standard`` (once per text).
+
+    ``command``, when given, replaces the note's generic command with this run's own.
+    """
     notes = dict.fromkeys(r.strength_note for r in reports if r.strength_note)
     for note in notes:
+        if command is not None:
+            note = note.replace(STANDARD_COMMAND, command)
         console.print(f"[dim]note:[/] {escape(printable(note))}", highlight=False, soft_wrap=True)
