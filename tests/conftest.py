@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
 import mlsec
+from mlsec.errors import InputError
 
 # Settings that keep each registered attack fast in the contract suite. An attack without an
 # entry runs with its defaults.
@@ -30,6 +32,17 @@ FAST_PARAMS: dict[str, dict[str, Any]] = {
         "learning_rate": 0.1,
     },
 }
+
+
+def input_error(call: Callable[[], object], *parts: str) -> str:
+    """The message of the InputError ``call`` raises: one line, containing every part."""
+    with pytest.raises(InputError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, message
+    return message
 
 
 def fast_attack(name: str, **params: Any) -> mlsec.Attack:

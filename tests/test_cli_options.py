@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import input_error
 
 import mlsec
 from mlsec.cli.options import FLAGS, apply_normalize, parse_normalize
-from mlsec.errors import InputError
 from mlsec.io import load_model
 from mlsec.zoo import architectures
-
-
-def _input_error(call: Callable[[], object], *parts: str) -> str:
-    """The message of the InputError ``call`` raises: one line, containing every part."""
-    with pytest.raises(InputError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, message
-    return message
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +53,7 @@ def test_parse_normalize(text: str, expected: tuple[list[float], list[float]]) -
     ],
 )
 def test_parse_normalize_rejects(text: str, message: str) -> None:
-    _input_error(lambda: parse_normalize(text), "--normalize", message)
+    input_error(lambda: parse_normalize(text), "--normalize", message)
 
 
 def test_apply_normalize_normalizes_inside_the_model(
@@ -83,7 +71,7 @@ def test_apply_normalize_normalizes_inside_the_model(
 
 def test_apply_normalize_checks_channels() -> None:
     model = architectures.mnist_cnn()
-    _input_error(
+    input_error(
         lambda: apply_normalize(model, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2], channels=1),
         "--normalize gives 3 channels but the inputs have 1",
     )
@@ -101,5 +89,5 @@ def test_flags_are_the_command_lines_own(tmp_path: Path) -> None:
     )
     path = tmp_path / "weights.pt"
     torch.save(architectures.mnist_cnn().state_dict(), path)
-    message = _input_error(lambda: load_model(str(path), terms=FLAGS), "holds weights only")
+    message = input_error(lambda: load_model(str(path), terms=FLAGS), "holds weights only")
     assert message.endswith("give --arch module:factory returning the network to load them into")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import input_error
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -48,17 +49,6 @@ class _MkdirOnLoad:
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (os.mkdir, (self.path,))
-
-
-def _input_error(call: Callable[[], object], *parts: str) -> str:
-    """The message of the InputError ``call`` raises: one line, containing every part."""
-    with pytest.raises(InputError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message, message
-    for part in parts:
-        assert part in message, message
-    return message
 
 
 def _truncate(source: Path, target: Path) -> Path:
@@ -227,7 +217,7 @@ def test_bundled_and_entry_point_models_still_load(arch: str) -> None:
 
 
 def test_pickled_model_is_refused_without_trust_pickle(files: dict[str, Path]) -> None:
-    _input_error(
+    input_error(
         lambda: load_model(str(files["pickle"])),
         "cnn_whole.pt is a pickled Python object",
         "torch.nn.modules.container.Sequential",
@@ -253,10 +243,10 @@ def test_refused_pickle_runs_no_code_and_a_trusted_one_does(tmp_path: Path) -> N
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pt"
     torch.save(_MkdirOnLoad(marker), path)
-    _input_error(lambda: load_model(str(path)), "posix.mkdir", "trust_pickle=True")
+    input_error(lambda: load_model(str(path)), "posix.mkdir", "trust_pickle=True")
     assert not marker.exists()
     # Trusted, the file's code runs (and gives no model).
-    _input_error(lambda: load_model(str(path), trust_pickle=True), "holds a NoneType")
+    input_error(lambda: load_model(str(path), trust_pickle=True), "holds a NoneType")
     assert marker.is_dir()
 
 
@@ -290,7 +280,7 @@ def test_exported_program_with_pickled_weights_is_refused_unread(
         return data
 
     path = _rewrite_zip(files["export"], tmp_path / "evil.pt2", change)
-    _input_error(lambda: load_model(str(path)), "holds a pickled weight", "trust_pickle=True")
+    input_error(lambda: load_model(str(path)), "holds a pickled weight", "trust_pickle=True")
     assert not marker.exists()
 
 
@@ -303,7 +293,7 @@ def test_exported_program_with_pickled_sample_inputs_is_refused_unread(
         return _evil_pickle(marker) if name.endswith("data/sample_inputs/model.pt") else data
 
     path = _rewrite_zip(files["export"], tmp_path / "evil.pt2", change)
-    _input_error(lambda: load_model(str(path)), "sample inputs that need unpickling")
+    input_error(lambda: load_model(str(path)), "sample inputs that need unpickling")
     assert not marker.exists()
 
 
@@ -325,7 +315,7 @@ def test_truncated_model_files(
 ) -> None:
     source = files[kind]
     half = _truncate(source, tmp_path / f"{source.stem}_half{source.suffix}")
-    _input_error(
+    input_error(
         lambda: load_model(str(half), arch=f"{arch}:cnn", trust_pickle=True),
         f"model: cannot read {half.parent}/{reading_as}",
     )
@@ -334,7 +324,7 @@ def test_truncated_model_files(
 def test_weights_of_another_network(tmp_path: Path, arch: str) -> None:
     path = tmp_path / "softmax.safetensors"
     save_file(mlsec.zoo.load("mnist-softmax").state_dict(), str(path))
-    _input_error(
+    input_error(
         lambda: load_model(str(path), arch=f"{arch}:cnn"),
         f"model: the weights in {path} do not fit arch {arch}:cnn",
         "keys 8 missing (0.bias, 0.weight, 3.bias, ...); 2 unexpected (1.bias, 1.weight)",
@@ -346,7 +336,7 @@ def test_weights_of_the_wrong_shape(tmp_path: Path, arch: str) -> None:
     state["9.weight"] = torch.zeros(5, 100)
     path = tmp_path / "wrong.pt"
     torch.save(state, path)
-    _input_error(
+    input_error(
         lambda: load_model(str(path), arch=f"{arch}:cnn"),
         "9.weight has shape (5, 100) in the file but (10, 100) in the network",
     )
@@ -354,38 +344,38 @@ def test_weights_of_the_wrong_shape(tmp_path: Path, arch: str) -> None:
 
 @pytest.mark.parametrize("kind", ["safetensors", "state-dict"])
 def test_weights_without_arch(kind: str, files: dict[str, Path]) -> None:
-    _input_error(
+    input_error(
         lambda: load_model(str(files[kind])), "holds weights only", "give arch module:factory"
     )
 
 
 def test_arch_that_is_not_a_network(files: dict[str, Path], arch: str) -> None:
-    _input_error(
+    input_error(
         lambda: load_model(str(files["safetensors"]), arch=f"{arch}:not_a_module"),
         f"arch: {arch}:not_a_module must return a torch.nn.Module (got int)",
     )
 
 
 def test_missing_empty_and_folder_model_paths(tmp_path: Path) -> None:
-    _input_error(lambda: load_model(str(tmp_path / "none.pt")), "no such file", "none.pt")
-    _input_error(lambda: load_model("weights.safetensors"), "no such file: weights.safetensors")
-    _input_error(lambda: load_model(str(tmp_path)), "is a folder")
+    input_error(lambda: load_model(str(tmp_path / "none.pt")), "no such file", "none.pt")
+    input_error(lambda: load_model("weights.safetensors"), "no such file: weights.safetensors")
+    input_error(lambda: load_model(str(tmp_path)), "is a folder")
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    _input_error(lambda: load_model(str(empty)), "empty.pt is empty")
-    _input_error(lambda: load_model("mnist-cnnx"), "unknown model 'mnist-cnnx'")
+    input_error(lambda: load_model(str(empty)), "empty.pt is empty")
+    input_error(lambda: load_model("mnist-cnnx"), "unknown model 'mnist-cnnx'")
 
 
 def test_dict_that_is_no_state_dict(tmp_path: Path, arch: str) -> None:
     path = tmp_path / "config.pt"
     torch.save({"lr": 0.1, "epochs": 3}, path)
-    _input_error(lambda: load_model(str(path), arch=f"{arch}:cnn"), "holds a dict (epochs, lr)")
+    input_error(lambda: load_model(str(path), arch=f"{arch}:cnn"), "holds a dict (epochs, lr)")
 
 
 def test_file_name_with_control_characters_stays_on_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad\nname\x1b[31m.pt"
     path.write_bytes(b"not a model")
-    message = _input_error(
+    message = input_error(
         lambda: load_model(str(path)),
         "model: cannot read '",
         "bad\\nname\\x1b[31m.pt' as a PyTorch file: Unsupported operand 110",
@@ -495,7 +485,7 @@ def test_broken_npz(case: str, tmp_path: Path) -> None:
     arrays, message = BROKEN_NPZ[case]
     path = tmp_path / "broken.npz"
     np.savez(path, **arrays)
-    _input_error(lambda: load_data(str(path)), f"data: {path}: {message}")
+    input_error(lambda: load_data(str(path)), f"data: {path}: {message}")
 
 
 def test_truncated_npz_and_other_files(
@@ -504,20 +494,20 @@ def test_truncated_npz_and_other_files(
     full = tmp_path / "full.npz"
     np.savez(full, x=_uint8(sample[0]), y=sample[1].numpy())
     half = _truncate(full, tmp_path / "half.npz")
-    _input_error(lambda: load_data(str(half)), "cannot read it as an .npz archive")
+    input_error(lambda: load_data(str(half)), "cannot read it as an .npz archive")
     single = tmp_path / "single.npy"
     np.save(single, _uint8(sample[0]))
-    _input_error(lambda: load_data(str(single)), "holds a single array")
+    input_error(lambda: load_data(str(single)), "holds a single array")
     pickled = tmp_path / "pickled.npz"
     with pickled.open("wb") as fh:
         torch.save((sample[0], sample[1]), fh)
-    _input_error(lambda: load_data(str(pickled)), "no array 'x' or 'y' (found archive/")
-    _input_error(lambda: load_data(str(tmp_path / "none.npz")), "no such file or folder")
+    input_error(lambda: load_data(str(pickled)), "no array 'x' or 'y' (found archive/")
+    input_error(lambda: load_data(str(tmp_path / "none.npz")), "no such file or folder")
     text = tmp_path / "digits.csv"
     text.write_text("0,0,0\n")
-    _input_error(lambda: load_data(str(text)), f"data: {text}: not an .npz archive")
-    _input_error(lambda: load_data("/dev/null"), "data: /dev/null is not a regular file")
-    _input_error(lambda: load_model("/dev/null"), "model: /dev/null is not a regular file")
+    input_error(lambda: load_data(str(text)), f"data: {text}: not an .npz archive")
+    input_error(lambda: load_data("/dev/null"), "data: /dev/null is not a regular file")
+    input_error(lambda: load_model("/dev/null"), "model: /dev/null is not a regular file")
 
 
 # --- data: image folders ------------------------------------------------------------------------
@@ -603,7 +593,7 @@ def test_image_folder_with_one_number_twice_is_refused(tmp_path: Path) -> None:
     for name in ("7", "07", "1"):
         (tmp_path / name).mkdir()
         Image.new("L", (4, 4)).save(tmp_path / name / "a.png")
-    _input_error(
+    input_error(
         lambda: load_data(str(tmp_path)),
         "class folders 07 and 7 are both class 7; merge them or rename one",
     )
@@ -612,23 +602,23 @@ def test_image_folder_with_one_number_twice_is_refused(tmp_path: Path) -> None:
 def test_broken_image_folders(tmp_path: Path, sample: tuple[torch.Tensor, torch.Tensor]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    _input_error(lambda: load_data(str(empty)), "needs one subfolder per class; it is empty")
+    input_error(lambda: load_data(str(empty)), "needs one subfolder per class; it is empty")
 
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.new("L", (4, 4)).save(loose / "a.png")
-    _input_error(lambda: load_data(str(loose)), "it has 1 images but no subfolders")
+    input_error(lambda: load_data(str(loose)), "it has 1 images but no subfolders")
 
     no_images = tmp_path / "no_images"
     (no_images / "cat").mkdir(parents=True)
     (no_images / "dog").mkdir()
     Image.new("L", (4, 4)).save(no_images / "cat" / "a.png")
-    _input_error(lambda: load_data(str(no_images)), "class folder dog holds no images")
+    input_error(lambda: load_data(str(no_images)), "class folder dog holds no images")
 
     sizes = tmp_path / "sizes"
     _write_digits(sizes, sample[0][:10], sample[1][:10], [int(sample[1][0])])
     Image.new("L", (32, 30)).save(sizes / str(int(sample[1][0])) / "999.png")
-    _input_error(
+    input_error(
         lambda: load_data(str(sizes)),
         f"images differ in size: {sample[1][0]}/999.png is 32x30 but",
         "is 28x28",
@@ -660,7 +650,7 @@ def test_unreadable_images(content: str, message: str, tmp_path: Path) -> None:
         bad.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n")
     else:
         Image.fromarray(np.full((28, 28), 1000, np.uint16)).save(bad)
-    _input_error(lambda: load_data(str(tmp_path / "data")), message)
+    input_error(lambda: load_data(str(tmp_path / "data")), message)
 
 
 # --- as_tensors ---------------------------------------------------------------------------------
@@ -684,7 +674,7 @@ def test_unreadable_images(content: str, message: str, tmp_path: Path) -> None:
     ],
 )
 def test_as_tensors_rejects(x: torch.Tensor, y: torch.Tensor, message: str) -> None:
-    _input_error(lambda: as_tensors((x, y), "--data"), "--data: ", message)
+    input_error(lambda: as_tensors((x, y), "--data"), "--data: ", message)
 
 
 def test_as_tensors_keeps_good_data(sample: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -694,8 +684,8 @@ def test_as_tensors_keeps_good_data(sample: tuple[torch.Tensor, torch.Tensor]) -
 
 def test_as_tensors_reports_bad_items_without_wrapping() -> None:
     empty = torch.utils.data.TensorDataset(torch.zeros(0, 3), torch.zeros(0))
-    _input_error(lambda: as_tensors(empty, "--data"), "--data: the data set is empty")
-    _input_error(
+    input_error(lambda: as_tensors(empty, "--data"), "--data: the data set is empty")
+    input_error(
         lambda: as_tensors(torch.utils.data.TensorDataset(torch.zeros(2, 3)), "--data"),
         "--data: each item must be an (input, label) pair",
     )
@@ -735,23 +725,23 @@ def test_messages_name_other_inputs_in_the_callers_terms(
         if cli
         else ("trust_pickle=True", "arch", "defense")
     )
-    refused = _input_error(
+    refused = input_error(
         lambda: load_model(str(files["pickle"]), terms=terms), f"pass {trust} only if"
     )
-    weights = _input_error(
+    weights = input_error(
         lambda: load_model(str(files["state-dict"]), terms=terms), f"give {arch_term} module:"
     )
     assert ("--" in refused + weights) == cli
     _, _, notes = load_model(str(files["safetensors"]), arch=f"{arch}:cnn", terms=terms)
     assert any(f"into {arch_term} {arch}:cnn" in note for note in notes), notes
-    defense = _input_error(lambda: load_model("mnist-defense-gan", terms=terms), "bundled defense")
+    defense = input_error(lambda: load_model("mnist-defense-gan", terms=terms), "bundled defense")
     assert defense.endswith(f"audit a model behind it with {defense_term} mnist-defense-gan")
 
 
 def test_entry_points_name_their_subject(arch: str) -> None:
     assert isinstance(load_entry_point(f"{arch}:cnn", "arch"), nn.Module)
-    _input_error(lambda: load_entry_point("no_colon", "arch"), "arch: must look like module:")
-    _input_error(
+    input_error(lambda: load_entry_point("no_colon", "arch"), "arch: must look like module:")
+    input_error(
         lambda: load_entry_point(f"{arch}:missing"),
         f"entry point: module '{arch}' has no attribute 'missing'",
     )
