@@ -203,19 +203,29 @@ def test_cli_report_keeps_its_mode_and_its_link(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "r.json", "r.suite.toml"]
 
 
-def test_a_link_to_another_file_system_is_written_through(tmp_path: Path) -> None:
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
-        pytest.skip("needs /dev/shm on a file system of its own")
-    target = shm / f"mlsec-test-{os.getpid()}.json"
-    try:
-        (tmp_path / "r.json").symlink_to(target)
-        assert run_cli([*ONE, "-q", "--json", str(tmp_path / "r.json")]) == 0
-        assert os.path.islink(tmp_path / "r.json")
-        assert json.loads(target.read_text())["n"] == 40
-        assert not list(shm.glob(f".{target.name}.*"))
-    finally:
-        target.unlink(missing_ok=True)
+def test_a_link_to_another_file_system_is_written_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The link and its target lie in folders that a rename cannot cross, as on two file systems:
+    # the write must make its temporary file beside the target, not beside the link.
+    link_folder, target_folder = tmp_path / "links", tmp_path / "elsewhere"
+    link_folder.mkdir()
+    target_folder.mkdir()
+    target = target_folder / "r.json"
+    (link_folder / "r.json").symlink_to(target)
+    real_replace = os.replace
+
+    def one_file_system(src: str | Path, dst: str | Path) -> None:
+        if Path(src).resolve().parent != Path(dst).resolve().parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", one_file_system)
+    assert run_cli([*ONE, "-q", "--json", str(link_folder / "r.json")]) == 0
+    assert os.path.islink(link_folder / "r.json")
+    assert json.loads(target.read_text())["n"] == 40
+    assert sorted(p.name for p in target_folder.iterdir()) == ["r.json"]
+    assert not [p.name for p in link_folder.iterdir() if p.name.startswith(".")]
 
 
 def test_a_dangling_link_creates_its_target(tmp_path: Path) -> None:
