@@ -28,3 +28,11 @@ class InputError(ValueError):
         super().__init__(f"{subject}: {message}" if subject else message)
         self.subject = subject
         self.detail = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled whole (subject included), so an error can travel between processes.
+        return (_rebuild, (self.detail, self.subject))
+
+
+def _rebuild(message: str, subject: str | None) -> InputError:
+    return InputError(message, subject=subject)

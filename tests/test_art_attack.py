@@ -19,7 +19,11 @@ from torch import nn
 import mlsec
 from mlsec.attacks import FGSM, ARTAttack
 from mlsec.attacks.art import art_attack_names, gradient_free
+from mlsec.attacks.art.estimator import seeded_start
+from mlsec.attacks.base import Problem
 from mlsec.auditing.suite import load_suite
+from mlsec.core.keyed import SampleKeys
+from mlsec.core.threat import geometry
 from mlsec.errors import InputError
 
 
@@ -318,3 +322,44 @@ def test_bad_art_options_in_a_suite_name_the_line(tmp_path: Path, line: str, mes
     with pytest.raises(InputError, match=message) as info:
         load_suite(path)
     assert "\n" not in str(info.value)
+
+
+def _problem(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> Problem:
+    return Problem(
+        model=model,
+        model_dtype=torch.float32,
+        x=x,
+        y=y,
+        target=None,
+        geometry=geometry("linf"),
+        eps=torch.tensor(0.3),
+        low=torch.tensor(0.0),
+        high=torch.tensor(1.0),
+        keys=SampleKeys.of(0, index),
+    )
+
+
+def test_seeded_starts_are_drawn_per_sample(
+    mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    # The decision-based attacks' noise starts come from each sample's key: a sample draws the
+    # same start in a batch of 30 as in a batch of its last 12, and another index draws another.
+    x, y = mnist[0][:30], mnist[1][:30]
+    index = torch.arange(30) + 500
+    whole = seeded_start(_problem(cnn, x, y, index), cnn)
+    part = seeded_start(_problem(cnn, x[18:], y[18:], index[18:]), cnn)
+    # Rows started from noise, not from an image of the batch (the fallback when no noise fits).
+    noise = (whole[:, None] != x[None]).flatten(2).any(2).all(1)
+    assert int(noise[18:].sum()) >= 6
+    assert torch.equal(whole[18:][noise[18:]], part[noise[18:]])
+    with torch.no_grad():
+        assert bool((cnn(whole[noise]).argmax(1) != cnn(x[noise]).argmax(1)).all())
+    moved = seeded_start(_problem(cnn, x, y, index + 1), cnn)
+    assert not bool((moved[noise] == whole[noise]).flatten(1).all(1).any())
+
+
+def test_art_attacks_say_they_are_not_keyed_per_sample() -> None:
+    # ART draws from numpy's and torch's global generators, seeded once per call.
+    assert ARTAttack.sample_keyed is False
+    created = mlsec.attacks.create("art", attack="DeepFool", eps=0.3)
+    assert isinstance(created, ARTAttack) and created.sample_keyed is False

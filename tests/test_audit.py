@@ -262,21 +262,42 @@ def test_a_wrong_checkpoint_is_refused_in_the_librarys_terms(
 
 def test_defended_records_round_trip_and_plain_ones_stay_as_before(tmp_path: Path) -> None:
     store = Checkpoint(tmp_path, {"model": "m"}, samples=10)
-    store.append(BatchRecord(stage=0, batch=0, indices=[1, 2], broken=[2], seconds=0.1))
+    store.append(BatchRecord(stage=0, batch=1, indices=[1, 2], broken=[2], seconds=0.1))
     extended = BatchRecord(
-        stage=0, batch=1, indices=[3, 4], broken=[], seconds=0.1, also_broken=[[4]], calls=7
+        stage=0, batch=3, indices=[3, 4], broken=[], seconds=0.1, also_broken=[[4]]
     )
     store.append(extended)
     plain_line, extended_line = (tmp_path / "batches.jsonl").read_text().splitlines()
-    assert "calls" not in plain_line and "also_broken" not in plain_line
-    assert Checkpoint(tmp_path, {"model": "m"}, samples=10).records[(0, 1)] == extended
-    # A forged counter fails the checksum; a bad value fails the record's checks.
-    lines = plain_line + "\n" + extended_line.replace('"calls":7', '"calls":8') + "\n"
-    (tmp_path / "batches.jsonl").write_text(lines)
+    assert "also_broken" not in plain_line
+    assert Checkpoint(tmp_path, {"model": "m"}, samples=10).records[(0, 3)] == extended
+    # A forged judge's result fails the checksum; a bad value fails the record's checks.
+    lines = plain_line + "\n" + extended_line.replace('"also_broken":[[4]]', '"also_broken":[[3]]')
+    (tmp_path / "batches.jsonl").write_text(lines + "\n")
     with pytest.raises(InputError, match="line 2 is not a valid record: its checksum"):
         Checkpoint(tmp_path, {"model": "m"}, samples=10)
-    (tmp_path / "batches.jsonl").write_text(extended_line.replace('"calls":7', '"calls":-1') + "\n")
-    with pytest.raises(InputError, match="calls must be an integer >= 0"):
+    bad = extended_line.replace('"also_broken":[[4]]', '"also_broken":[[9]]')
+    (tmp_path / "batches.jsonl").write_text(bad + "\n")
+    with pytest.raises(InputError, match="also_broken must be lists of attacked sample indices"):
+        Checkpoint(tmp_path, {"model": "m"}, samples=10)
+
+
+def test_a_sample_recorded_twice_in_a_stage_is_refused(tmp_path: Path) -> None:
+    store = Checkpoint(tmp_path, {"model": "m"}, samples=10)
+    store.append(BatchRecord(stage=0, batch=1, indices=[1, 2], broken=[2], seconds=0.1))
+    with pytest.raises(InputError, match="records sample 2 of stage 0 a second time"):
+        store.append(BatchRecord(stage=0, batch=2, indices=[2, 3], broken=[], seconds=0.1))
+    # Another rank's log that repeats a sample of rank 0's log is refused on reading.
+    other = Checkpoint(tmp_path, {"model": "m"}, samples=10, rank=1)
+    other.append(BatchRecord(stage=0, batch=5, indices=[5], broken=[], seconds=0.1))
+    assert sorted(Checkpoint(tmp_path, {"model": "m"}, samples=10).records) == [(0, 1), (0, 5)]
+    store.append(BatchRecord(stage=1, batch=5, indices=[5], broken=[5], seconds=0.1))
+    # A log made elsewhere for the same audit, placed beside them as rank 2's.
+    forged = Checkpoint(tmp_path / "elsewhere", {"model": "m"}, samples=10)
+    forged.append(BatchRecord(stage=1, batch=4, indices=[4, 5], broken=[], seconds=0.1))
+    (tmp_path / "batches.2.jsonl").write_bytes(
+        (tmp_path / "elsewhere" / "batches.jsonl").read_bytes()
+    )
+    with pytest.raises(InputError, match="sample 5 of stage 1 a second time"):
         Checkpoint(tmp_path, {"model": "m"}, samples=10)
 
 

@@ -137,6 +137,40 @@ def test_different_seed_changes_random_start(
     assert not torch.equal(first, second)
 
 
+@pytest.mark.parametrize("name", ATTACKS)
+def test_a_samples_result_does_not_depend_on_its_batch(
+    name: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    # Randomness is keyed by (seed, index, restart): the last half of a batch, attacked alone with
+    # its positions as index, gets the same examples. ART's attacks draw from global generators
+    # seeded per call and say so.
+    attack = contract_attack(name, eps=0.2)
+    if not getattr(attack, "sample_keyed", True):
+        pytest.skip(f"{name} draws from generators seeded per call")
+    x, y = mnist[0][:N], mnist[1][:N]
+    index = torch.arange(N) + 100
+    whole = attack.run(cnn, x, y, index=index)
+    half = attack.run(cnn, x[N // 2 :], y[N // 2 :], index=index[N // 2 :])
+    assert torch.equal(half.success, whole.success[N // 2 :])
+    assert torch.allclose(half.x_adv, whole.x_adv[N // 2 :], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        (torch.arange(8).float(), "integer tensor"),
+        (torch.arange(7), "shape [8]"),
+        (torch.arange(8) - 1, ">= 0"),
+    ],
+)
+def test_bad_index_raises_one_line_errors(
+    index: torch.Tensor, message: str, mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
+) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        PGD(eps=0.3, steps=2).run(cnn, mnist[0][:8], mnist[1][:8], index=index)
+    assert "\n" not in str(info.value)
+
+
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
@@ -236,7 +270,7 @@ def test_pgd_never_weaker_than_its_last_iterate(
 def test_restarts_never_lose_what_one_start_finds(
     mnist: tuple[torch.Tensor, torch.Tensor], cnn: nn.Module
 ) -> None:
-    # Restart 0 of a folded batch replays the single-start run (same generator stream).
+    # Restart 0 of a folded batch replays the single-start run (fold 0 keeps each sample's key).
     x, y = mnist[0][:200], mnist[1][:200]
     one = PGD(eps=0.08, steps=5, restarts=1).run(cnn, x, y).success
     three = PGD(eps=0.08, steps=5, restarts=3).run(cnn, x, y)

@@ -111,3 +111,12 @@ def test_zoo_weights_are_safetensors_not_pickles() -> None:
     header_length = int.from_bytes(blob[:8], "little")
     assert blob[8:9] == b"{" and header_length < len(blob)
     assert not blob.startswith(b"PK") and not blob.startswith(b"\x80")
+
+
+def test_bundled_sample_is_found_by_name(mnist: tuple[torch.Tensor, torch.Tensor]) -> None:
+    from mlsec.io import load_data
+
+    samples, name, notes = load_data("mnist-sample")
+    assert (len(samples), name, notes) == (2000, "mnist-sample", [])
+    x, y = samples.get([1999, 0, 7])
+    assert torch.equal(x, mnist[0][[1999, 0, 7]]) and torch.equal(y, mnist[1][[1999, 0, 7]])

@@ -17,6 +17,7 @@ from mlsec.auditing.chain import Runner
 from mlsec.auditing.defended import evaluate_defense
 from mlsec.auditing.thresholds import parse_thresholds
 from mlsec.cli import main
+from mlsec.core.keyed import SampleKeys, drawing_for
 from mlsec.defenses import DefenseGAN
 
 Data = tuple[torch.Tensor, torch.Tensor]
@@ -49,30 +50,29 @@ def _defense_gan() -> DefenseGAN:
 
 
 def _by_hand(defense: DefenseGAN, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """The defended audit's numbers computed directly: every attack on every batch, in the
-    order the audit has always used, on one defended model whose draws follow its call count."""
+    """The defended audit's numbers computed directly: every attack on every batch, on one
+    defended model whose draws are keyed by sample: the clean pass at call 0, a judging pass of
+    an adversarial example at call 1, and the attacks' own passes keyed by the attack."""
     defended = defense.wrap(model).eval()
     size = SETTINGS["batch_size"]
-    batches = list(zip(x.split(size), y.split(size), strict=True))
+    index = torch.arange(len(y))
+    batches = list(zip(x.split(size), y.split(size), index.split(size), strict=True))
 
-    def correct(net: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [net(xb).argmax(1) == yb for xb, (_, yb) in zip(xs, batches, strict=True)]
-            )
+    def keyed(net: nn.Module, xb: torch.Tensor, idx: torch.Tensor, call: int) -> torch.Tensor:
+        with torch.no_grad(), drawing_for(SampleKeys.of(0, idx), call):
+            return net(xb).argmax(1)
 
-    clean_bare = correct(model, [xb for xb, _ in batches])
-    clean_def = correct(defended, [xb for xb, _ in batches])
+    clean_bare = torch.cat([keyed(model, xb, i, 0) == yb for xb, yb, i in batches])
+    clean_def = torch.cat([keyed(defended, xb, i, 0) == yb for xb, yb, i in batches])
     rows, masks = [], {e: [clean_def.clone(), clean_def.clone()] for e in SETTINGS["eps"]}
     for name, make in (("fgsm", lambda e: FGSM(eps=e)), ("pgd", lambda e: PGD(eps=e, steps=3))):
         for e in SETTINGS["eps"]:
             attack: Attack = make(e)
             bare_ok, def_ok = [], []
-            for xb, yb in batches:
-                x_adv = attack(model, xb, yb)
-                with torch.no_grad():
-                    bare_ok.append(model(x_adv).argmax(1) == yb)
-                    def_ok.append(defended(x_adv).argmax(1) == yb)
+            for xb, yb, i in batches:
+                x_adv = attack(model, xb, yb, index=i)
+                bare_ok.append(keyed(model, x_adv, i, 1) == yb)
+                def_ok.append(keyed(defended, x_adv, i, 1) == yb)
             non = torch.cat(def_ok) & clean_def
             masks[e][0] &= non
             masks[e][1] &= non
@@ -80,12 +80,12 @@ def _by_hand(defense: DefenseGAN, model: nn.Module, x: torch.Tensor, y: torch.Te
             if name == "pgd":
                 through = EOT(attack=attack, samples=2)
                 ok = []
-                for (xb, yb), standing in zip(batches, clean_def.split(size), strict=True):
+                for (xb, yb, i), standing in zip(batches, clean_def.split(size), strict=True):
                     got = torch.zeros_like(standing)
                     if bool(standing.any()):
-                        x_adv = through(defended, xb[standing], yb[standing])
-                        with torch.no_grad():
-                            got[standing] = defended(x_adv).argmax(1) == yb[standing]
+                        picked = i[standing]
+                        x_adv = through(defended, xb[standing], yb[standing], index=picked)
+                        got[standing] = keyed(defended, x_adv, picked, 1) == yb[standing]
                     ok.append(got)
                 masks[e][1] &= torch.cat(ok)
                 adaptive = float(torch.cat(ok).float().mean())
@@ -151,7 +151,6 @@ def test_an_interrupted_audit_resumes_to_the_same_report(
         evaluate_defense(_defense_gan(), cnn, data, checkpoint=folder, **SETTINGS)
     recorded = [json.loads(line) for line in (folder / "batches.jsonl").read_text().splitlines()]
     assert len(recorded) == 10 and recorded[-1]["stage"] == 3  # stage 3: adaptive pgd at 0.2
-    assert all(isinstance(record["calls"], int) for record in recorded)
     monkeypatch.setattr(Runner, "_strike", counting)
     calls.clear()
     resumed = evaluate_defense(_defense_gan(), cnn, data, checkpoint=folder, **SETTINGS)

@@ -386,6 +386,14 @@ def test_file_name_with_control_characters_stays_on_one_line(tmp_path: Path) -> 
 # --- data: .npz files ---------------------------------------------------------------------------
 
 
+def _read_all(
+    spec: str, **options: Any
+) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[str]]:
+    """``load_data``, its samples read whole: an error found while reading counts too."""
+    samples, name, notes = load_data(spec, **options)
+    return samples.tensors(), name, notes
+
+
 def _uint8(x: torch.Tensor) -> np.ndarray:
     """The bundled images back as the uint8 array they were stored as."""
     return (x * 255).round().to(torch.uint8).numpy()
@@ -395,7 +403,7 @@ def test_npz_uint8_nhwc(tmp_path: Path, sample: tuple[torch.Tensor, torch.Tensor
     x, y = sample
     path = tmp_path / "digits.npz"
     np.savez(path, x=_uint8(x).transpose(0, 2, 3, 1), y=y.numpy().astype(np.uint8))
-    (xl, yl), name, notes = load_data(str(path))
+    (xl, yl), name, notes = _read_all(str(path))
     assert name == "digits.npz"
     assert xl.dtype == torch.float32 and yl.dtype == torch.int64
     assert torch.equal(xl, x) and torch.equal(yl, y)
@@ -407,7 +415,7 @@ def test_npz_float_nchw(tmp_path: Path, sample: tuple[torch.Tensor, torch.Tensor
     x, y = sample
     path = tmp_path / "digits.npz"
     np.savez_compressed(path, x=x.numpy().astype(np.float64), y=y.numpy())
-    (xl, yl), _, notes = load_data(str(path))
+    (xl, yl), _, notes = _read_all(str(path))
     assert xl.dtype == torch.float32
     assert torch.equal(xl, x) and torch.equal(yl, y)
     assert "x has shape (64, 1, 28, 28): assumed NCHW [N,C,H,W]" in notes
@@ -418,7 +426,7 @@ def test_npz_three_dimensional(tmp_path: Path, sample: tuple[torch.Tensor, torch
     x, y = sample
     path = tmp_path / "digits.npz"
     np.savez(path, x=_uint8(x)[:, 0], y=y.numpy())
-    (xl, yl), _, notes = load_data(str(path))
+    (xl, yl), _, notes = _read_all(str(path))
     assert torch.equal(xl, x) and torch.equal(yl, y)
     assert any("[N,1,H,W]" in note for note in notes)
 
@@ -428,7 +436,7 @@ def test_npz_rgb_nhwc_is_transposed(tmp_path: Path) -> None:
     images = rng.integers(0, 256, size=(6, 5, 7, 3), dtype=np.uint8)
     path = tmp_path / "rgb.npz"
     np.savez(path, x=images, y=np.arange(6))
-    (xl, _), _, _ = load_data(str(path))
+    (xl, _), _, _ = _read_all(str(path))
     assert xl.shape == (6, 3, 5, 7)
     assert torch.equal(xl, torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255))
 
@@ -485,7 +493,7 @@ def test_broken_npz(case: str, tmp_path: Path) -> None:
     arrays, message = BROKEN_NPZ[case]
     path = tmp_path / "broken.npz"
     np.savez(path, **arrays)
-    input_error(lambda: load_data(str(path)), f"data: {path}: {message}")
+    input_error(lambda: _read_all(str(path)), f"data: {path}: {message}")
 
 
 def test_truncated_npz_and_other_files(
@@ -494,19 +502,19 @@ def test_truncated_npz_and_other_files(
     full = tmp_path / "full.npz"
     np.savez(full, x=_uint8(sample[0]), y=sample[1].numpy())
     half = _truncate(full, tmp_path / "half.npz")
-    input_error(lambda: load_data(str(half)), "cannot read it as an .npz archive")
+    input_error(lambda: _read_all(str(half)), "cannot read it as an .npz archive")
     single = tmp_path / "single.npy"
     np.save(single, _uint8(sample[0]))
-    input_error(lambda: load_data(str(single)), "holds a single array")
+    input_error(lambda: _read_all(str(single)), "holds a single array")
     pickled = tmp_path / "pickled.npz"
     with pickled.open("wb") as fh:
         torch.save((sample[0], sample[1]), fh)
-    input_error(lambda: load_data(str(pickled)), "no array 'x' or 'y' (found archive/")
-    input_error(lambda: load_data(str(tmp_path / "none.npz")), "no such file or folder")
+    input_error(lambda: _read_all(str(pickled)), "no array 'x' or 'y' (found archive/")
+    input_error(lambda: _read_all(str(tmp_path / "none.npz")), "no such file or folder")
     text = tmp_path / "digits.csv"
     text.write_text("0,0,0\n")
-    input_error(lambda: load_data(str(text)), f"data: {text}: not an .npz archive")
-    input_error(lambda: load_data("/dev/null"), "data: /dev/null is not a regular file")
+    input_error(lambda: _read_all(str(text)), f"data: {text}: not an .npz archive")
+    input_error(lambda: _read_all("/dev/null"), "data: /dev/null is not a regular file")
     input_error(lambda: load_model("/dev/null"), "model: /dev/null is not a regular file")
 
 
@@ -527,7 +535,7 @@ def test_image_folder_of_digits(tmp_path: Path, sample: tuple[torch.Tensor, torc
     x, y = sample
     classes = [0, 1, 7]
     _write_digits(tmp_path / "digits", x, y, classes)
-    (xl, yl), name, notes = load_data(str(tmp_path / "digits"))
+    (xl, yl), name, notes = _read_all(str(tmp_path / "digits"))
     # Sorted by class folder, then by file name: the sample's own order within each class.
     order = torch.cat([torch.nonzero(y == c)[:, 0] for c in classes])
     assert name == "digits"
@@ -554,7 +562,7 @@ def test_image_folder_in_colour(tmp_path: Path) -> None:
     Image.fromarray(np.dstack([rgb[2], gray]), mode="RGBA").save(tmp_path / "dog" / "c.png")
     Image.fromarray(gray, mode="L").save(tmp_path / "dog" / "d.png")
     (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    (xl, yl), _, notes = load_data(str(tmp_path))
+    (xl, yl), _, notes = _read_all(str(tmp_path))
     expected = np.stack([rgb[0], rgb[1], rgb[2], np.dstack([gray] * 3)]).transpose(0, 3, 1, 2)
     assert torch.equal(xl, torch.from_numpy(expected.astype(np.float32) / 255))
     assert yl.tolist() == [0, 0, 1, 1]
@@ -582,7 +590,7 @@ def test_image_folder_with_numbered_classes_uses_the_numbers(
     for name in names:
         (tmp_path / name).mkdir()
         Image.new("L", (4, 4)).save(tmp_path / name / "a.png")
-    (_, yl), _, notes = load_data(str(tmp_path))
+    (_, yl), _, notes = _read_all(str(tmp_path))
     assert yl.tolist() == labels
     assert notes[1].startswith(note)
     assert notes[1].startswith(CLASS_MAP_NOTE) == (names != ["2", "0", "1"])
@@ -594,7 +602,7 @@ def test_image_folder_with_one_number_twice_is_refused(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         Image.new("L", (4, 4)).save(tmp_path / name / "a.png")
     input_error(
-        lambda: load_data(str(tmp_path)),
+        lambda: _read_all(str(tmp_path)),
         "class folders 07 and 7 are both class 7; merge them or rename one",
     )
 
@@ -602,24 +610,24 @@ def test_image_folder_with_one_number_twice_is_refused(tmp_path: Path) -> None:
 def test_broken_image_folders(tmp_path: Path, sample: tuple[torch.Tensor, torch.Tensor]) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    input_error(lambda: load_data(str(empty)), "needs one subfolder per class; it is empty")
+    input_error(lambda: _read_all(str(empty)), "needs one subfolder per class; it is empty")
 
     loose = tmp_path / "loose"
     loose.mkdir()
     Image.new("L", (4, 4)).save(loose / "a.png")
-    input_error(lambda: load_data(str(loose)), "it has 1 images but no subfolders")
+    input_error(lambda: _read_all(str(loose)), "it has 1 images but no subfolders")
 
     no_images = tmp_path / "no_images"
     (no_images / "cat").mkdir(parents=True)
     (no_images / "dog").mkdir()
     Image.new("L", (4, 4)).save(no_images / "cat" / "a.png")
-    input_error(lambda: load_data(str(no_images)), "class folder dog holds no images")
+    input_error(lambda: _read_all(str(no_images)), "class folder dog holds no images")
 
     sizes = tmp_path / "sizes"
     _write_digits(sizes, sample[0][:10], sample[1][:10], [int(sample[1][0])])
     Image.new("L", (32, 30)).save(sizes / str(int(sample[1][0])) / "999.png")
     input_error(
-        lambda: load_data(str(sizes)),
+        lambda: _read_all(str(sizes)),
         f"images differ in size: {sample[1][0]}/999.png is 32x30 but",
         "is 28x28",
     )
@@ -650,7 +658,7 @@ def test_unreadable_images(content: str, message: str, tmp_path: Path) -> None:
         bad.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\nshowpage\n")
     else:
         Image.fromarray(np.full((28, 28), 1000, np.uint16)).save(bad)
-    input_error(lambda: load_data(str(tmp_path / "data")), message)
+    input_error(lambda: _read_all(str(tmp_path / "data")), message)
 
 
 # --- as_tensors ---------------------------------------------------------------------------------

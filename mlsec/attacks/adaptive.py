@@ -25,6 +25,7 @@ from torch import nn
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import create, register_attack
+from mlsec.core.keyed import SampleKeys, current_draw, drawing_for
 from mlsec.core.validation import check_count
 from mlsec.errors import InputError
 
@@ -74,7 +75,13 @@ class BPDA(nn.Module):
 
 
 class _Expectation(nn.Module):
-    """The randomised ``model`` averaged over ``samples`` draws: log of the mean softmax."""
+    """The randomised ``model`` averaged over ``samples`` draws: log of the mean softmax.
+
+    The batch is repeated ``samples`` times (row ``f * B + i`` is draw ``f`` of row ``i``). When
+    the attack keys its rows (:func:`mlsec.core.keyed.current_draw`), each repetition of a row is
+    keyed by (the row's key, the repetition), so the model draws independently per repetition
+    and a sample's draws do not depend on the rest of the batch.
+    """
 
     def __init__(self, model: nn.Module, samples: int) -> None:
         super().__init__()
@@ -84,9 +91,30 @@ class _Expectation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         draws = x.repeat(self.samples, *([1] * (x.dim() - 1)))
-        log_p = torch.log_softmax(self.model(draws).float(), dim=1)
+        draw = current_draw()
+        if draw is None:
+            out = self.model(draws)
+        else:
+            with drawing_for(repetitions(draw.keys, self.samples), draw.call):
+                out = self.model(draws)
+        log_p = torch.log_softmax(out.float(), dim=1)
         log_p = log_p.view(self.samples, batch, -1)
         return torch.logsumexp(log_p, dim=0) - math.log(self.samples)
+
+
+def repetitions(keys: SampleKeys, samples: int) -> SampleKeys:
+    """Keys of ``samples`` repetitions of each row, folded: row ``f * B + i`` is repetition ``f``.
+
+    Repetition 0 keeps the row's own key (EOT over one sample draws what the model alone would);
+    repetition ``f`` is the row's key hashed with ``f`` in a stream of EOT's own. Unlike
+    :meth:`SampleKeys.fold`, it gives keys distinct from an inner attack's restarts (already
+    folded with ``fold``): restart 0's repetition ``f`` does not draw what restart ``f`` does.
+    """
+    if samples == 1:
+        return keys
+    words = keys.words((samples,), stream="eot/repetition")
+    words[:, 0] = keys.keys
+    return SampleKeys(words.t().reshape(-1))
 
 
 # EOT's eps until it is given: the threat model then comes from the inner attack.

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.attacks.steps import best_of_folds, first_success_first, fold, per_sample, success_mask
+from mlsec.core.keyed import SampleKeys
 from mlsec.core.threat import Geometry, Region
 from mlsec.core.validation import check_count, check_fraction
 from mlsec.errors import InputError
@@ -130,7 +131,7 @@ class APGD(Attack):
         folds = self.restarts
         if self.targets and aims is None:
             with torch.no_grad():
-                clean = problem.forward(problem.x)
+                clean = problem.forward(problem.x, problem.keys)
             _check_classes(clean.shape[1], 4)
             k = min(self.targets, clean.shape[1] - 1)
             ranked = (
@@ -144,7 +145,10 @@ class APGD(Attack):
         elif aims is not None:
             aims = aims.repeat(folds)
         x, y = fold(problem.x, folds), fold(labels, folds)
-        best_x, best_logits, found, best_loss = self._ascend(problem, x, y, aims)
+        # Row f * B + i is fold f (a restart, or a target of a restart) of sample i: its random
+        # start and the model's draws for it come from its own key.
+        keys = problem.keys.fold(folds)
+        best_x, best_logits, found, best_loss = self._ascend(problem, x, y, aims, keys)
         # Per sample: the first fold that succeeded, else the one with the highest loss.
         chosen = best_of_folds(first_success_first(found, best_loss), folds, batch)
         return Perturbation(
@@ -183,7 +187,12 @@ class APGD(Attack):
         return loss_of, succeeded
 
     def _ascend(
-        self, problem: Problem, x: torch.Tensor, y: torch.Tensor, aims: torch.Tensor | None
+        self,
+        problem: Problem,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        aims: torch.Tensor | None,
+        keys: SampleKeys,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """APGD on the folded batch; returns kept examples, their logits, success, best loss."""
         geometry = problem.geometry
@@ -191,12 +200,12 @@ class APGD(Attack):
         loss_of, succeeded = self._objective(problem, y, aims)
 
         def evaluate(point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            point, logits = problem.forward_for_gradient(point)
+            point, logits = problem.forward_for_gradient(point, keys)
             loss = loss_of(logits)
             (grad,) = torch.autograd.grad(loss.sum(), point)
             return loss.detach(), logits.detach(), grad.detach()
 
-        x_adv = region.project(x + geometry.random_start(x, problem.eps, problem.generator))
+        x_adv = region.project(x + geometry.random_start(x, problem.eps, keys))
         loss, logits, grad = evaluate(x_adv)
         state = _State.start(x_adv, loss, logits, grad, succeeded(logits), problem.eps)
         marks = set(checkpoints(self.steps))

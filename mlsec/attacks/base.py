@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from mlsec.attacks.steps import success_mask
 from mlsec.core import model as _model
+from mlsec.core.keyed import SampleKeys, drawing_for
 from mlsec.core.threat import Geometry, Norm, Region, ThreatModel, geometry
 from mlsec.core.validation import check_batch, check_labels, check_seed
 from mlsec.errors import InputError
@@ -72,20 +73,34 @@ class Problem:
     eps: torch.Tensor
     low: torch.Tensor
     high: torch.Tensor
-    generator: torch.Generator
+    keys: SampleKeys
+    calls: list[int] = field(default_factory=lambda: [0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits for ``x``, cast to the model's dtype if needed."""
-        out: torch.Tensor = self.model(x if x.dtype == self.model_dtype else x.to(self.model_dtype))
+    def forward(self, x: torch.Tensor, keys: SampleKeys | None = None) -> torch.Tensor:
+        """The model's logits for ``x``, cast to the model's dtype if needed.
+
+        ``keys``, the sample keys of ``x``'s rows, are what a randomised model draws from
+        (:func:`mlsec.core.keyed.current_draw`), at the step that counts this problem's calls.
+        """
+        x = x if x.dtype == self.model_dtype else x.to(self.model_dtype)
+        call = self.calls[0]
+        self.calls[0] += 1
+        if keys is None:
+            out: torch.Tensor = self.model(x)
+            return out
+        with drawing_for(keys, call):
+            out = self.model(x)
         return out
 
-    def forward_for_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_for_gradient(
+        self, x: torch.Tensor, keys: SampleKeys | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` as a fresh leaf that requires grad, and the model's logits for it.
 
         Raises :class:`InputError` when the logits carry no gradient to the input.
         """
         leaf = x.detach().requires_grad_(True)
-        logits = self.forward(leaf)
+        logits = self.forward(leaf, keys)
         if not logits.requires_grad:
             raise InputError(
                 "the model's output has no gradient with respect to its input (detached, or "
@@ -185,13 +200,14 @@ class Attack(abc.ABC):
         y: torch.Tensor,
         *,
         target: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Adversarial examples for ``(x, y)``; see :meth:`run`.
 
         The same examples as ``run(...).x_adv``, without the final forward pass that ``run``
         spends on logits and success when the attack has not already computed them.
         """
-        return self._execute(model, x, y, target, want_result=False).x_adv
+        return self._execute(model, x, y, target, index, want_result=False).x_adv
 
     @final
     def run(
@@ -201,6 +217,7 @@ class Attack(abc.ABC):
         y: torch.Tensor,
         *,
         target: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` on the batch ``(x, y)``.
 
@@ -210,12 +227,15 @@ class Attack(abc.ABC):
             y: true labels, integer ``[B]``.
             target: optional target labels ``[B]``; the attack then tries to make the model
                 predict them.
+            index: each sample's position in its data set, integer ``[B]`` (default
+                ``0 .. B-1``). A sample's random draws are keyed by ``(seed, index, restart)``
+                (:mod:`mlsec.core.keyed`), so its result does not depend on the rest of the batch.
 
         Returns:
             An :class:`AttackResult`; ``x``, ``y`` and ``model`` are left unchanged.
 
         """
-        return self._execute(model, x, y, target, want_result=True)
+        return self._execute(model, x, y, target, index, want_result=True)
 
     @final
     def run_unchecked(
@@ -225,6 +245,7 @@ class Attack(abc.ABC):
         y: torch.Tensor,
         *,
         target: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> AttackResult:
         """:meth:`run` for a caller that has validated the whole data set once already.
 
@@ -243,12 +264,13 @@ class Attack(abc.ABC):
             x: inputs ``[B, ...]`` within ``bounds``, already checked.
             y: true labels, integer ``[B]``, already checked.
             target: optional target labels ``[B]``, already checked.
+            index: each sample's position in its data set (see :meth:`run`), already checked.
 
         Returns:
             The same :class:`AttackResult` as :meth:`run` on the same arguments.
 
         """
-        return self._execute(model, x, y, target, want_result=True, checked=True)
+        return self._execute(model, x, y, target, index, want_result=True, checked=True)
 
     def _execute(
         self,
@@ -256,12 +278,16 @@ class Attack(abc.ABC):
         x: torch.Tensor,
         y: torch.Tensor,
         target: torch.Tensor | None,
+        index: torch.Tensor | None,
         *,
         want_result: bool,
         checked: bool = False,
     ) -> AttackResult:
         if not checked:
             check_batch(model, x, y, target, self.bounds)
+            _check_index(index, x.shape[0])
+        if index is None:
+            index = torch.arange(x.shape[0], device=x.device)
         model_dtype = _model.compute_dtype(model, x)
         dtype = torch.promote_types(model_dtype, torch.float32)
         self._check_representable(dtype)
@@ -277,10 +303,18 @@ class Attack(abc.ABC):
                 eps=torch.full((), self.eps, dtype=dtype, device=x.device),
                 low=torch.full((), self.bounds[0], dtype=dtype, device=x.device),
                 high=torch.full((), self.bounds[1], dtype=dtype, device=x.device),
-                generator=torch.Generator(device=x.device).manual_seed(self.seed),
+                keys=SampleKeys.of(self.seed, index.to(x.device)),
             )
             if not checked:
-                check_labels(problem.forward, xc, y, target)
+                # Keyed like the rows it sees, and not counted: checked or not, an attack's
+                # forward passes draw the same randomness.
+                check_labels(
+                    lambda v: problem.forward(v, problem.keys.select(torch.arange(len(v)))),
+                    xc,
+                    y,
+                    target,
+                )
+                problem.calls[0] = 0
             if x.shape[0] == 0:
                 answer = Perturbation(x_adv=xc, logits=None, queries=0)
             else:
@@ -303,7 +337,7 @@ class Attack(abc.ABC):
                 )
             if logits is None:
                 with torch.no_grad():
-                    logits = problem.forward(x_adv)
+                    logits = problem.forward(x_adv, problem.keys)
                 queries += 1
             if not bool(torch.isfinite(logits).all()):
                 raise InputError(
@@ -318,14 +352,39 @@ class Attack(abc.ABC):
 
 
 def examples_for_checked_data(
-    attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    attack: Attack,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``attack(model, x, y)`` for a caller that has checked the whole data set once already.
 
     The examples of :meth:`Attack.run_unchecked` without its final forward pass for logits and
     success (the adversarial trainers want only the examples).
     """
-    return attack._execute(model, x, y, None, want_result=False, checked=True).x_adv
+    return attack._execute(model, x, y, None, index, want_result=False, checked=True).x_adv
+
+
+def _check_index(index: torch.Tensor | None, batch: int) -> None:
+    """Raise :class:`InputError` unless ``index`` is ``None`` or integer ``[batch]``, >= 0."""
+    if index is None:
+        return
+    if (
+        not isinstance(index, torch.Tensor)
+        or index.dtype.is_floating_point
+        or index.dtype
+        in (
+            torch.bool,
+            torch.complex64,
+            torch.complex128,
+        )
+    ):
+        raise InputError("index must be an integer tensor of sample positions")
+    if tuple(index.shape) != (batch,):
+        raise InputError(f"index must have shape [{batch}] (got {tuple(index.shape)})")
+    if batch and int(index.min()) < 0:
+        raise InputError("index must hold positions >= 0")
 
 
 def _fit_dtype(x: torch.Tensor, x_adv: torch.Tensor, problem: Problem) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
 from mlsec.attacks.steps import best_of_folds, first_success_first, fold, per_sample
+from mlsec.core.keyed import SampleKeys
 from mlsec.core.validation import check_count, check_number
 from mlsec.errors import InputError
 
@@ -32,14 +33,21 @@ Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class _Rows:
-    """The rows of the folded batch still being attacked: their indices, labels and region."""
+    """The rows of the folded batch still being attacked: indices, labels, sample keys, region."""
 
     def __init__(
-        self, problem: Problem, x: torch.Tensor, labels: torch.Tensor, objective: Objective | None
+        self,
+        problem: Problem,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        keys: SampleKeys,
+        objective: Objective | None,
     ) -> None:
         self.problem, self.objective = problem, objective
         self.rows = torch.arange(x.shape[0], device=x.device)
         self.target = labels
+        # The keys of the rows attacked, what a randomised model draws from for them.
+        self.keys = keys
         # In linf the region is a box: one clamp to precomputed bounds per step.
         self.region = problem.region(x)
 
@@ -58,6 +66,7 @@ class _Rows:
     def keep(self, keep: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """Drop the rows where ``keep`` is false; returns ``x_adv`` of the rows kept."""
         self.rows, self.target = self.rows[keep], self.target[keep]
+        self.keys = self.keys.select(keep)
         self.region = self.region.select(keep)
         return x_adv[keep]
 
@@ -107,7 +116,7 @@ class _Kept:
     ) -> None:
         """Score the last iterate; rows that never succeeded (all, with last_iterate) keep it."""
         with torch.no_grad():
-            logits = problem.forward(x_adv)
+            logits = problem.forward(x_adv, active.keys)
             loss_now = active.loss(logits).float()
         if self.shrink:
             self.final_loss[active.rows] = loss_now
@@ -152,15 +161,17 @@ def projected_gradient_ascent(
     # torch.full, not torch.tensor: a host-to-device copy would wait for the device.
     step = torch.full((), step_size, dtype=x.dtype, device=x.device)
     shrink = SHRINK_ON_CPU and x.device.type == "cpu" and not last_iterate
-    active = _Rows(problem, x, fold(problem.labels, restarts), objective)
+    # Row f * B + i is restart f of sample i: its draws, and the model's, come from its keys.
+    keys = problem.keys.fold(restarts)
+    active = _Rows(problem, x, fold(problem.labels, restarts), keys, objective)
     x_adv = x
     if random_start:
-        x_adv = active.region.project(x + geometry.random_start(x, problem.eps, problem.generator))
+        x_adv = active.region.project(x + geometry.random_start(x, problem.eps, keys))
     # Which iterate each sample keeps; not needed when the last iterate of one start is the answer.
     kept = None if last_iterate and restarts == 1 else _Kept(x_adv, shrink=shrink)
 
     for _ in range(steps):
-        x_adv, logits = problem.forward_for_gradient(x_adv)
+        x_adv, logits = problem.forward_for_gradient(x_adv, active.keys)
         (grad,) = torch.autograd.grad(active.step_loss(logits), x_adv)
         if not last_iterate:  # the last iterate needs no record of the ones before it
             assert kept is not None
@@ -254,7 +265,7 @@ class PGD(Attack):
 def _kl_objective(problem: Problem, restarts: int) -> Objective:
     """Per-sample KL(p(x) || p(x_adv)), p the model's softmax, with p(x) computed once."""
     with torch.no_grad():
-        clean = F.log_softmax(problem.forward(problem.x).float(), dim=1)
+        clean = F.log_softmax(problem.forward(problem.x, problem.keys).float(), dim=1)
     reference = clean.repeat(restarts, 1)
 
     def objective(logits: torch.Tensor, rows: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 
 from mlsec.attacks.base import Attack, Perturbation, Problem
 from mlsec.attacks.registry import register_attack
+from mlsec.core.keyed import SampleKeys
 from mlsec.core.threat import Norm
 from mlsec.core.validation import check_count, check_fraction
 from mlsec.errors import InputError
@@ -41,8 +42,8 @@ _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 # the device once).
 _COMPACT = 10
 
-_Start = Callable[[Problem], torch.Tensor]
-_Proposal = Callable[[Problem, torch.Tensor, torch.Tensor, int], torch.Tensor]
+_Start = Callable[[Problem, SampleKeys], torch.Tensor]
+_Proposal = Callable[[Problem, SampleKeys, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 def square_fraction(p_init: float, iteration: int, total: int) -> float:
@@ -133,15 +134,24 @@ class Square(Attack):
             )
         if min(x.shape[2:]) < 2:
             raise InputError(f"Square needs images at least 2x2 (got {tuple(x.shape[2:])})")
+        first_call = problem.calls[0]
         with torch.no_grad():
             x_adv, logits, loss = self._search(problem)
-            for _ in range(1, self.restarts):
-                # A new search from a new random start, for the samples still standing.
+            for restart in range(1, self.restarts):
+                # A new search from a new random start, for the samples still standing: each
+                # draws from its own restart's keys, and the model's calls are numbered from a
+                # point that does not depend on when the previous search ran out of samples.
                 idx = (loss >= 0).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
-                target = None if problem.target is None else problem.target[idx]
-                sub = dataclasses.replace(problem, x=x[idx], y=problem.y[idx], target=target)
+                sub = dataclasses.replace(
+                    problem,
+                    x=x[idx],
+                    y=problem.y[idx],
+                    target=None if problem.target is None else problem.target[idx],
+                    keys=problem.keys.restart(restart).select(idx),
+                    calls=[first_call + restart * self.queries],
+                )
                 x_new, logits_new, loss_new = self._search(sub)
                 better = loss_new < loss[idx]
                 x_adv[idx] = torch.where(better.view(-1, 1, 1, 1), x_new, x_adv[idx])
@@ -150,15 +160,19 @@ class Square(Attack):
         return Perturbation(x_adv=x_adv, logits=logits, queries=self.queries * self.restarts)
 
     def _search(self, problem: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One run of the random search: examples, their logits and their margins."""
-        x = problem.x
+        """One run of the random search: examples, their logits and their margins.
+
+        Every draw of a sample comes from its key (``problem.keys``) at the iteration's step, so
+        a sample's search does not depend on the others in the working set.
+        """
+        x, keys = problem.x, problem.keys
         start, propose = self._moves(problem)
-        x_best = problem.clip(x, x + start(problem))
-        logits = problem.forward(x_best)
+        x_best = problem.clip(x, x + start(problem, keys))
+        logits = problem.forward(x_best, keys)
         loss = _margin(problem, logits, problem.labels)
         # The working set: the samples still standing at the last check, and their state.
         idx = torch.arange(len(x), device=x.device)
-        xs, xs_best, zs, ls, labels = x, x_best, logits, loss, problem.labels
+        xs, xs_best, zs, ls, labels, ks = x, x_best, logits, loss, problem.labels, keys
         for i in range(self.queries - 1):
             if i % _COMPACT == 0:
                 if i:  # write the working set back before choosing a new one
@@ -167,9 +181,9 @@ class Square(Attack):
                 if idx.numel() == 0:
                     break
                 xs, xs_best, zs, ls = x[idx], x_best[idx], logits[idx], loss[idx]
-                labels = problem.labels[idx]
-            candidate = propose(problem, xs, xs_best, i)
-            new_logits = problem.forward(candidate)
+                labels, ks = problem.labels[idx], keys.select(idx)
+            candidate = propose(problem, ks, xs, xs_best, i)
+            new_logits = problem.forward(candidate, ks)
             new_loss = _margin(problem, new_logits, labels)
             # Only samples still standing move, and only to a lower margin.
             accept = (new_loss < ls) & (ls >= 0)
@@ -193,77 +207,106 @@ class Square(Attack):
         area = square_fraction(self.p_init, iteration, self.queries) * height * width
         return min(max(round(math.sqrt(area)), smallest), min(height, width) - 1)
 
-    def _randint(self, problem: Problem, high: int, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randint(0, high, shape, generator=problem.generator, device=problem.x.device)
-
-    def _signs(self, problem: Problem, shape: tuple[int, ...]) -> torch.Tensor:
-        return (2 * self._randint(problem, 2, shape) - 1).to(problem.x.dtype)
-
     # linf ------------------------------------------------------------------------------------
 
-    def _linf_start(self, problem: Problem) -> torch.Tensor:
-        batch, channels, _, width = problem.x.shape
-        return self._signs(problem, (batch, channels, 1, width)) * problem.eps
+    def _linf_start(self, problem: Problem, keys: SampleKeys) -> torch.Tensor:
+        _, channels, _, width = problem.x.shape
+        signs = _signs(keys, (channels, 1, width), "square/start/sign", 0, problem.x.dtype)
+        return signs * problem.eps
 
     def _linf_proposal(
-        self, problem: Problem, x: torch.Tensor, x_best: torch.Tensor, iteration: int
+        self,
+        problem: Problem,
+        keys: SampleKeys,
+        x: torch.Tensor,
+        x_best: torch.Tensor,
+        iteration: int,
     ) -> torch.Tensor:
-        batch, channels, height, width = x.shape
+        channels, height, width = x.shape[1:]
         side = self._side(problem, iteration, smallest=1)
-        top = self._randint(problem, height - side + 1, (batch, 1, 1, 1))
-        left = self._randint(problem, width - side + 1, (batch, 1, 1, 1))
-        rows = torch.arange(height, device=x.device).view(1, 1, height, 1)
-        cols = torch.arange(width, device=x.device).view(1, 1, 1, width)
-        window = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-        corner = self._signs(problem, (batch, channels, 1, 1)) * problem.eps
+        window, _, _ = _window(keys, (height, width), side, "square/window", iteration)
+        corner = _signs(keys, (channels, 1, 1), "square/sign", iteration, x.dtype) * problem.eps
         return problem.clip(x, torch.where(window, x + corner, x_best))
 
     # l2 --------------------------------------------------------------------------------------
 
-    def _bump(self, problem: Problem, side: int) -> torch.Tensor:
-        transpose = bool(self._randint(problem, 2, (1,)).item())
-        return square_bump(side, transpose).to(device=problem.x.device, dtype=problem.x.dtype)
-
-    def _l2_start(self, problem: Problem) -> torch.Tensor:
+    def _l2_start(self, problem: Problem, keys: SampleKeys) -> torch.Tensor:
         batch, channels, height, width = problem.x.shape
         side = max(min(height, width) // 5, 1)
         delta = torch.zeros_like(problem.x)
         top0, left0 = (height - 5 * side) // 2, (width - 5 * side) // 2
-        for top in range(max(top0, 0), height - side + 1, side):
-            for left in range(max(left0, 0), width - side + 1, side):
-                signs = self._signs(problem, (batch, channels, 1, 1))
-                delta[:, :, top : top + side, left : left + side] = signs * self._bump(
-                    problem, side
-                )
+        tiles = [
+            (top, left)
+            for top in range(max(top0, 0), height - side + 1, side)
+            for left in range(max(left0, 0), width - side + 1, side)
+        ]
+        dtype = problem.x.dtype
+        signs = _signs(keys, (len(tiles), channels), "square/start/sign", 0, dtype)
+        flips = keys.integers(2, (len(tiles),), stream="square/start/transpose").bool()
+        bump = square_bump(side).to(device=problem.x.device, dtype=dtype)
+        for tile, (top, left) in enumerate(tiles):
+            # Each sample's bump, on its side where its own draw says so.
+            pattern = torch.where(flips[:, tile].view(-1, 1, 1, 1), bump.T, bump)
+            delta[:, :, top : top + side, left : left + side] = (
+                signs[:, tile].view(batch, channels, 1, 1) * pattern
+            )
         return _to_l2(delta, problem.eps)
 
     def _l2_proposal(
-        self, problem: Problem, x: torch.Tensor, x_best: torch.Tensor, iteration: int
+        self,
+        problem: Problem,
+        keys: SampleKeys,
+        x: torch.Tensor,
+        x_best: torch.Tensor,
+        iteration: int,
     ) -> torch.Tensor:
-        batch, channels, height, width = x.shape
+        channels, height, width = x.shape[1:]
         side = self._side(problem, iteration, smallest=3)
         side -= 1 - side % 2  # odd, so the bump has a centre row
-        # One pair of windows for the whole batch (as in the reference implementation).
-        t1, t2 = self._randint(problem, height - side + 1, (2,)).tolist()
-        l1, l2 = self._randint(problem, width - side + 1, (2,)).tolist()
-        first = (slice(None), slice(None), slice(t1, t1 + side), slice(l1, l1 + side))
-        second = (slice(None), slice(None), slice(t2, t2 + side), slice(l2, l2 + side))
+        # Per sample, two windows: the first takes the mass of both (the reference
+        # implementation draws one pair for the whole batch; here each sample draws its own).
+        first, row, col = _window(keys, (height, width), side, "square/window", iteration)
+        second, _, _ = _window(keys, (height, width), side, "square/window2", iteration)
         delta = x_best - x
-        both = torch.zeros_like(delta[:1])
-        both[first] = 1
-        both[second] = 1
         norm_image = _norms(delta)
-        norm_windows = _norms(delta * both)
-        inside = delta[first]
+        norm_windows = _norms(delta * (first | second))
+        inside = delta * first
         old = inside / (1e-12 + inside.pow(2).sum(dim=(2, 3), keepdim=True).sqrt())
-        new = self._signs(problem, (batch, channels, 1, 1)) * self._bump(problem, side) + old
+        flips = keys.integers(2, (1, 1, 1), stream="square/transpose", step=iteration).bool()
+        bump = square_bump(side).to(device=x.device, dtype=x.dtype)
+        # The bump laid over each sample's first window: its cell (row, col) of the window.
+        placed = torch.where(flips, bump.T[row, col], bump[row, col]) * first
+        signs = _signs(keys, (channels, 1, 1), "square/sign", iteration, x.dtype)
+        new = signs * placed + old
         # The window takes the mass of both windows plus its share of what the image has left.
         mass = ((problem.eps**2 - norm_image**2).clamp(min=0) / channels + norm_windows**2).sqrt()
         new = new / (1e-12 + new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt()) * mass
-        delta = delta.clone()
-        delta[second] = 0
-        delta[first] = new
+        delta = torch.where(first, new, torch.where(second, torch.zeros_like(delta), delta))
         return problem.clip(x, x + _to_l2(delta, problem.eps))
+
+
+def _signs(
+    keys: SampleKeys, shape: tuple[int, ...], stream: str, step: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Random +-1 per row of ``keys``, ``[B, *shape]``."""
+    return (2 * keys.integers(2, shape, stream=stream, step=step) - 1).to(dtype)
+
+
+def _window(
+    keys: SampleKeys, size: tuple[int, int], side: int, stream: str, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random ``side x side`` window per row of ``keys`` in an image of ``size``.
+
+    Returns its mask ``[B, 1, H, W]`` and, for every pixel, its row and column within the
+    window (clamped into ``[0, side)`` outside it), ``[B, 1, H, 1]`` and ``[B, 1, 1, W]``.
+    """
+    height, width = size
+    top = keys.integers(height - side + 1, (1, 1, 1), stream=stream + "/top", step=step)
+    left = keys.integers(width - side + 1, (1, 1, 1), stream=stream + "/left", step=step)
+    rows = torch.arange(height, device=keys.device).view(1, 1, height, 1) - top
+    cols = torch.arange(width, device=keys.device).view(1, 1, 1, width) - left
+    window = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
+    return window, rows.clamp(0, side - 1), cols.clamp(0, side - 1)
 
 
 def _margin(problem: Problem, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

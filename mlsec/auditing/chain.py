@@ -6,18 +6,24 @@ broken at every larger one (the same example is admissible), and a sample one at
 handed to the next. The per-sample worst case is the fraction of samples surviving every attack;
 it equals the naive run's (every attack on every sample at every eps) while costing less.
 
-:class:`Runner` is the part both audits share: it attacks a pool of samples in batches, records
-each finished batch in the checkpoint (:mod:`mlsec.auditing.resume`) and replays recorded batches
-on resume. What one batch does (which model the attack follows, which models judge the result)
-is the caller's ``strike``; the plain audit's is ``attack.run_unchecked(model, ...)``: the data
-was checked once at the boundary (:func:`mlsec.auditing.clean.check_data` and the clean pass), so
-the batches skip the per-batch checks and their host syncs.
+:class:`Runner` is the part both audits share: it attacks a pool of samples in batches read from
+the data set (:func:`mlsec.core.data.batches`), records each finished batch in the checkpoint
+(:mod:`mlsec.auditing.resume`) and, on resume, takes the recorded samples' results and attacks
+only the rest. In a job of several processes (:mod:`mlsec.core.distributed`) the samples left
+are dealt out to the ranks in turn (rank r takes every world-th), so robust samples, which cost
+far more than broken ones, spread evenly; each rank attacks its share, and the per-sample results
+are gathered by index after each stage, so every rank holds the same masks. Each sample's random
+draws are keyed by its index (:mod:`mlsec.core.keyed`): the numbers do not depend on the batch
+size, the split, or the resume point. What one batch does (which model the attack follows,
+which models judge the result) is the caller's ``strike``; the plain audit's is
+``attack.run_unchecked(model, ...)``: the data was checked once, in the clean pass, so the
+batches skip the per-batch checks and their host syncs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +33,16 @@ from torch import nn
 from mlsec.auditing.plan import Plan
 from mlsec.auditing.report import AttackOutcome
 from mlsec.auditing.resume import BatchRecord, Checkpoint
+from mlsec.core.data import Samples, batches
+from mlsec.core.distributed import Group, all_gather
 from mlsec.core.progress import Tracker
+from mlsec.errors import InputError
 
 __all__ = ["ChainResult", "Runner", "StageResult", "Strike", "run_chain"]
 
-# One batch: (inputs, labels) on the model's device -> per judge, a bool mask of broken samples.
-Strike = Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]
+# One batch: (inputs, labels, sample indices) on the model's device -> per judge, a bool mask of
+# broken samples.
+Strike = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -49,87 +59,102 @@ class Runner:
     """Attacks pools of samples of one data set in batches, stage after stage, resumably.
 
     Args:
-        x, y: the data set, checked once (:func:`mlsec.auditing.clean.check_data`).
+        samples: the data set, checked once by the clean pass.
         batch_size: samples per attack call.
         device: where the batches go.
-        tracker: progress, one stage per attack and eps.
+        tracker: progress, one stage per attack and eps (rank 0's shows the whole job).
         store: the checkpoint, or ``None``.
-        counter: an object whose integer ``calls`` attribute keys its randomness (a randomised
-            purifier's :class:`~mlsec.defenses.base.PurifiedModel`): recorded after each batch
-            and restored when a batch is replayed, so a resumed run draws what the first did.
+        group: the processes sharing the job (one by default).
+        workers: data-loading worker processes.
 
     """
 
-    x: torch.Tensor
-    y: torch.Tensor
+    samples: Samples
     batch_size: int
     device: torch.device
     tracker: Tracker
     store: Checkpoint | None = None
-    counter: Any = None
+    group: Group = field(default_factory=Group)
+    workers: int = 0
     stage: int = field(default=0)
 
-    def batches(self, pool: torch.Tensor, aligned: bool) -> Iterator[tuple[int, torch.Tensor]]:
-        """Numbered batches of the pool's indices.
-
-        Packed (default): the pool split into batches. Aligned: the data's own batches, each
-        cut down to its samples in the pool (empty ones skipped).
-        """
-        if not aligned:
-            yield from enumerate(pool.nonzero().flatten().split(self.batch_size))
-            return
-        for number, start in enumerate(range(0, len(pool), self.batch_size)):
-            chunk = torch.arange(start, min(start + self.batch_size, len(pool)))
-            chunk = chunk[pool[start : start + self.batch_size]]
-            if len(chunk):
-                yield number, chunk
-
     def attack(
-        self,
-        description: str,
-        pool: torch.Tensor,
-        strike: Strike,
-        *,
-        judges: int = 1,
-        aligned: bool = False,
+        self, description: str, pool: torch.Tensor, strike: Strike, *, judges: int = 1
     ) -> StageResult:
         """Run ``strike`` on the pool's samples; returns each judge's broken mask."""
-        batches = list(self.batches(pool, aligned))
-        attacked = sum(len(chunk) for _, chunk in batches)
-        progress = self.tracker.stage(description, total=attacked)
         masks = [torch.zeros(len(pool), dtype=torch.bool) for _ in range(judges)]
+        todo = pool.clone()
+        recorded_seconds = 0.0
+        for record in self.store.stage_records(self.stage) if self.store else []:
+            self._replay(record, pool, todo, masks)
+            recorded_seconds += record.seconds
+        attacked = int(pool.sum())
+        progress = self.tracker.stage(description, total=attacked)
+        progress.advance(attacked - int(todo.sum()))
+        left = todo.nonzero().flatten()
+        mine = left[self.group.rank :: self.group.world]
+        # Rank 0 shows the job's progress as its own share's (the shares are dealt evenly).
+        scale = len(left) / max(len(mine), 1)
+        broken: list[list[int]] = [[] for _ in range(judges)]
+        done = shown = 0
         seconds = 0.0
-        for number, chunk in batches:
-            indices = chunk.tolist()
-            record = self.store.get(self.stage, number, indices) if self.store else None
-            if record is None:
-                record = self._strike(number, chunk, indices, strike)
-            elif record.calls is not None and self.counter is not None:
-                self.counter.calls = record.calls
-            for mask, broken in zip(
-                masks, [record.broken, *(record.also_broken or [])], strict=True
+        pin = self.device.type == "cuda"
+        for batch in batches(
+            self.samples, mine, self.batch_size, workers=self.workers, pin_memory=pin
+        ):
+            record = self._strike(batch.index, batch.x, batch.y, strike)
+            for found, listed in zip(
+                broken, [record.broken, *(record.also_broken or [])], strict=True
             ):
-                mask[torch.tensor(broken, dtype=torch.long)] = True
+                found.extend(listed)
             seconds += record.seconds
-            progress.advance(len(indices))
+            done += len(record.indices)
+            now = min(round(done * scale), len(left))
+            progress.advance(now - shown)
+            shown = now
+        for share in all_gather(self.group, (broken, seconds)):
+            for mask, listed in zip(masks, share[0], strict=True):
+                mask[torch.tensor(listed, dtype=torch.long)] = True
+            recorded_seconds += share[1]
         progress.finish()
         self.stage += 1
-        return StageResult(broken=masks, attacked=attacked, seconds=seconds)
+        return StageResult(broken=masks, attacked=attacked, seconds=recorded_seconds)
+
+    def _replay(
+        self, record: BatchRecord, pool: torch.Tensor, todo: torch.Tensor, masks: list[torch.Tensor]
+    ) -> None:
+        """Take a recorded batch's results; its samples are not attacked again."""
+        indices = torch.tensor(record.indices, dtype=torch.long)
+        if not bool(pool[indices].all()):
+            raise InputError(
+                f"{self.store.directory if self.store else 'the checkpoint'} does not match this "
+                f"run (stage {self.stage} recorded samples this run does not attack); "
+                "use a new folder",
+                subject="checkpoint",
+            )
+        todo[indices] = False
+        for mask, listed in zip(masks, [record.broken, *(record.also_broken or [])], strict=True):
+            mask[torch.tensor(listed, dtype=torch.long)] = True
 
     def _strike(
-        self, number: int, chunk: torch.Tensor, indices: list[int], strike: Strike
+        self, index: torch.Tensor, x: torch.Tensor, y: torch.Tensor, strike: Strike
     ) -> BatchRecord:
         began = time.perf_counter()
-        flags = strike(self.x[chunk].to(self.device), self.y[chunk].to(self.device))
-        lists = [chunk[flag.cpu()].tolist() for flag in flags]
+        to = self.device
+        flags = strike(
+            x.to(to, non_blocking=True),
+            y.to(to, non_blocking=True),
+            index.to(to, non_blocking=True),
+        )
+        lists = [index[flag.cpu()].tolist() for flag in flags]
+        indices = index.tolist()
         record = BatchRecord(
             stage=self.stage,
-            batch=number,
+            batch=indices[0],
             indices=indices,
             broken=lists[0],
             seconds=time.perf_counter() - began,
             also_broken=lists[1:] or None,
-            calls=None if self.counter is None else int(self.counter.calls),
         )
         if self.store is not None:
             self.store.append(record)
@@ -157,9 +182,9 @@ def run_chain(runner: Runner, model: nn.Module, plan: Plan, correct: torch.Tenso
             attack = planned.attack
 
             def strike(
-                xb: torch.Tensor, yb: torch.Tensor, attack: Any = attack
+                xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor, attack: Any = attack
             ) -> list[torch.Tensor]:
-                return [attack.run_unchecked(model, xb, yb).success]
+                return [attack.run_unchecked(model, xb, yb, index=index).success]
 
             pool = alive if plan.survivors else torch.ones_like(alive)
             result = runner.attack(f"{planned.label} eps={value:g}", pool, strike)

@@ -13,8 +13,9 @@ It is the plain audit's pipeline: the plan (:mod:`~mlsec.auditing.plan`) with it
 data checked once and the clean pass (:mod:`~mlsec.auditing.clean`), the chain's
 :class:`~mlsec.auditing.chain.Runner` with the resume store, and an
 :class:`~mlsec.auditing.report.AuditReport` per column. Each attack is judged alone (a row is
-that attack's accuracy, not the chain's), and a randomised purifier's draws are keyed by the count
-of its calls, which the checkpoint records, so a resumed audit equals an uninterrupted one.
+that attack's accuracy, not the chain's), and a randomised purifier's draws are keyed by the
+sample (:mod:`mlsec.core.keyed`), so a resumed audit, another batch size or another number of
+processes gives the numbers of an uninterrupted single run.
 
 The adaptive number is the one to trust; when it falls clearly below the non-adaptive one the
 report says so: the robustness holds only against attackers who ignore the defense.
@@ -37,7 +38,7 @@ from mlsec.attacks import EOT, Attack, create, get
 from mlsec.attacks.base import examples_for_checked_data
 from mlsec.attacks.steps import success_mask
 from mlsec.auditing.chain import Runner
-from mlsec.auditing.clean import check_data, clean_pass
+from mlsec.auditing.clean import clean_pass
 from mlsec.auditing.defended_columns import GAP, Columns, column_reports, worst_cases
 from mlsec.auditing.defended_report import DefenseReport, DefenseRow
 from mlsec.auditing.plan import Plan, make_plan, strength_note
@@ -45,7 +46,10 @@ from mlsec.auditing.run import open_store
 from mlsec.auditing.suite import Suite, SuiteEntry
 from mlsec.auditing.thresholds import Threshold
 from mlsec.core import model as _model
-from mlsec.core.fingerprint import fingerprint_code, fingerprint_model, fingerprint_tensors
+from mlsec.core.data import Samples, as_samples
+from mlsec.core.distributed import Group, agree, broadcast, current
+from mlsec.core.fingerprint import fingerprint_code, fingerprint_model
+from mlsec.core.keyed import SampleKeys, drawing_for
 from mlsec.core.progress import Tracker
 from mlsec.core.progress import progress as progress_bars
 from mlsec.core.validation import check_count
@@ -115,9 +119,16 @@ def _attack(name: str, steps: int, seed: int) -> Attack:
     return create(name, **params)
 
 
-def _wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Samples ``model`` misclassifies: the attacks' own success test, untargeted."""
-    with torch.no_grad():
+# The call number a judging forward pass draws at (the clean pass draws at 0).
+_JUDGE_CALL = 1
+
+
+def _wrong(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Samples ``model`` misclassifies: the attacks' own success test, untargeted.
+
+    A randomised model draws for each sample from keys of its index.
+    """
+    with torch.no_grad(), drawing_for(SampleKeys.of(0, index), _JUDGE_CALL):
         return success_mask(model(x), y, targeted=False)
 
 
@@ -126,20 +137,20 @@ def _run(
 ) -> None:
     """Each attack at each eps, on the bare model judged on both, then through the defense.
 
-    The adaptive attack runs on the survivors of the defended clean pass, in the data's own
-    batches, and is judged by one more forward pass of the defended model.
+    The adaptive attack runs on the survivors of the defended clean pass and is judged by one
+    more forward pass of the defended model.
     """
     for name in setup.attacks:
         for e in setup.grid:
             attack = next(p.attack for p in setup.plan.at(e) if p.label == name)
 
             def transfer(
-                xb: torch.Tensor, yb: torch.Tensor, a: Attack = attack
+                xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor, a: Attack = attack
             ) -> list[torch.Tensor]:
-                x_adv = examples_for_checked_data(a, model, xb, yb)
-                return [_wrong(model, x_adv, yb), _wrong(defended, x_adv, yb)]
+                x_adv = examples_for_checked_data(a, model, xb, yb, index)
+                return [_wrong(model, x_adv, yb, index), _wrong(defended, x_adv, yb, index)]
 
-            everyone = torch.ones(len(runner.y), dtype=torch.bool)
+            everyone = torch.ones(len(runner.samples), dtype=torch.bool)
             result = runner.attack(f"{name} eps={e:g} non-adaptive", everyone, transfer, judges=2)
             columns.add("undefended", name, e, result.broken[0], result)
             columns.add("non_adaptive", name, e, result.broken[1], result)
@@ -147,22 +158,21 @@ def _run(
                 continue
             through = EOT(attack=attack, samples=setup.draws) if setup.draws > 1 else attack
 
-            # Checked as a direct call: its label check is one forward pass of the defended
-            # model, which draws the purifier's randomness; the numbers have always included it.
             def adaptive(
-                xb: torch.Tensor, yb: torch.Tensor, a: Attack = through
+                xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor, a: Attack = through
             ) -> list[torch.Tensor]:
-                return [_wrong(defended, a(defended, xb, yb), yb)]
+                x_adv = examples_for_checked_data(a, defended, xb, yb, index)
+                return [_wrong(defended, x_adv, yb, index)]
 
             pool = columns.clean["non_adaptive"]
-            result = runner.attack(f"{name} eps={e:g} adaptive", pool, adaptive, aligned=True)
+            result = runner.attack(f"{name} eps={e:g} adaptive", pool, adaptive)
             columns.add("adaptive", name, e, result.broken[0], result)
 
 
 def evaluate_defense(
     defense: Purifier,
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: Samples | tuple[torch.Tensor, torch.Tensor] | Any,
     *,
     eps: Sequence[float] = (0.3,),
     attacks: Sequence[str] = ("fgsm", "pgd", "apgd"),
@@ -173,6 +183,7 @@ def evaluate_defense(
     batch_size: int = 100,
     thresholds: Sequence[Threshold] = (),
     checkpoint: str | Path | None = None,
+    workers: int = 0,
     progress: bool = False,
     console: Console | None = None,
     model_name: str = "model",
@@ -184,7 +195,8 @@ def evaluate_defense(
     Args:
         defense: a fitted purifier.
         model: the bare classifier (eval mode; returns logits).
-        data: ``(x, y)`` within [0, 1].
+        data: ``(x, y)`` within [0, 1], a map-style ``Dataset`` or ``DataLoader``, or a
+            :class:`~mlsec.core.data.Samples`; read batch by batch.
         eps: linf budgets.
         attacks: registered attacks run non-adaptively (against the bare classifier).
         adaptive: registered gradient attacks also run adaptively (through the defense).
@@ -197,6 +209,7 @@ def evaluate_defense(
             its non-adaptive one; ``worst``: the adaptive worst case; drops from the defended
             clean accuracy).
         checkpoint: a folder recording each finished batch; rerun with it to resume.
+        workers: data-loading worker processes.
         progress: show progress (bars on a terminal, one line per stage otherwise).
         console: where progress goes (stderr by default).
         model_name: the model's label in the report.
@@ -210,19 +223,25 @@ def evaluate_defense(
     """
     setup = _plan(defense, eps, attacks, adaptive, steps, eot, seed, batch_size, thresholds)
     start = time.perf_counter()
-    x, y = check_data(model, data, (0.0, 1.0))
+    samples = as_samples(data)
+    group = current()
+    agree(group, "settings", [setup.plan.suite.to_config(), len(samples)])
     model.eval()
     defended = defense.wrap(model).eval()
-    store = open_store(
-        checkpoint,
-        _fingerprint(setup, defense, model, defended, x, y),
-        samples=len(y),
-        console=console,
-        announce=progress,
-    )
-    with progress_bars(enabled=progress, console=console) as tracker:
-        columns = _clean(setup, model, defended, x, y, tracker)
-        runner = Runner(x, y, batch_size, _model.device_of(model), tracker, store, defended)
+    with progress_bars(enabled=progress and group.is_main, console=console) as tracker:
+        columns, digest = _clean(setup, model, defended, samples, tracker, group, workers)
+        fingerprint = _fingerprint(setup, defense, model, defended, digest)
+        agree(group, "models or defenses", fingerprint)
+        store = open_store(
+            checkpoint,
+            fingerprint,
+            samples=len(samples),
+            console=console,
+            announce=progress and group.is_main,
+            group=group,
+        )
+        device = _model.device_of(model)
+        runner = Runner(samples, batch_size, device, tracker, store, group, workers)
         _run(setup, runner, model, defended, columns)
     settings = _settings(setup, defense, steps, seed)
     report = column_reports(
@@ -236,7 +255,8 @@ def evaluate_defense(
         purifier=defense.name,
     )
     report.seconds = round(time.perf_counter() - start, 1)
-    return report
+    shared: DefenseReport = broadcast(group, report if group.is_main else None)
+    return shared
 
 
 def _settings(setup: _Setup, defense: Purifier, steps: int, seed: int) -> dict[str, Any]:
@@ -258,22 +278,29 @@ def _clean(
     setup: _Setup,
     model: nn.Module,
     defended: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    samples: Samples,
     tracker: Tracker,
-) -> Columns:
-    size = setup.plan.batch_size
-    bare = clean_pass(model, x, y, batch_size=size, tracker=tracker, description="clean")
-    behind = clean_pass(
-        defended, x, y, batch_size=size, tracker=tracker, description="clean defended"
-    )
-    return Columns(
-        n=len(y),
+    group: Group,
+    workers: int,
+) -> tuple[Columns, str]:
+    """Both clean passes (the bare and the defended model); the columns and the data's digest."""
+    options: dict[str, Any] = {
+        "bounds": (0.0, 1.0),
+        "batch_size": setup.plan.batch_size,
+        "tracker": tracker,
+        "group": group,
+        "workers": workers,
+    }
+    bare = clean_pass(model, samples, description="clean", **options)
+    behind = clean_pass(defended, samples, description="clean defended", **options)
+    columns = Columns(
+        n=len(samples),
         adaptive=bool(setup.adaptive),
         bare=bare.correct,
         behind=behind.correct,
         device=_model.device_of(model),
     )
+    return columns, bare.digest
 
 
 def _fingerprint(
@@ -281,8 +308,7 @@ def _fingerprint(
     defense: Purifier,
     model: nn.Module,
     defended: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: str,
 ) -> dict[str, object]:
     return {
         "model": fingerprint_model(model),
@@ -293,12 +319,11 @@ def _fingerprint(
             "networks": fingerprint_model(defended),
             "code": fingerprint_code(defended),
         },
-        "data": fingerprint_tensors(x, y),
+        "data": data,
         "suite": setup.plan.suite.to_config(),
         "settings": {
             "adaptive": list(setup.adaptive),
             "eot": setup.draws,
             "differentiable": defense.differentiable,
         },
-        "batch_size": setup.plan.batch_size,
     }

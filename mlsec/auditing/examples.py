@@ -8,14 +8,14 @@ from torch import nn
 from mlsec.auditing.plan import Plan
 from mlsec.auditing.report import Example
 from mlsec.core import model as _model
+from mlsec.core.data import Samples
 
 __all__ = ["find_examples"]
 
 
 def find_examples(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    samples: Samples,
     plan: Plan,
     correct: torch.Tensor,
     robust: dict[tuple[str, float], torch.Tensor],
@@ -23,7 +23,8 @@ def find_examples(
 ) -> list[Example]:
     """A few samples each stage broke, attacked again alone to show an example it finds.
 
-    With a random start the rerun can miss a sample the batch run broke; such a sample is
+    The rerun draws the sample's own randomness (keyed by its index), so it finds what the
+    chain found; should it still miss (a model whose output depends on its batch), the sample is
     skipped, so every example shown is a real adversarial example.
     """
     per_stage = max(1, limit // max(1, len(robust)))
@@ -38,8 +39,9 @@ def find_examples(
         for index in candidates:
             if kept == per_stage or len(found) == limit:
                 break
-            xi, yi = x[index : index + 1].to(device), y[index : index + 1].to(device)
-            result = planned.attack.run(model, xi, yi)
+            xs, ys = samples.get([index])
+            xi, yi = xs.to(device), ys.to(device)
+            result = planned.attack.run(model, xi, yi, index=torch.tensor([index], device=device))
             if not bool(result.success[0]):
                 continue
             kept += 1

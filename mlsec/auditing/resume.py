@@ -1,18 +1,23 @@
 """Durable audit checkpoints: each finished batch's per-sample results, appended and fsynced.
 
 A checkpoint folder holds ``meta.json`` (the fingerprint of the run: the model's weights and code,
-the data, the resolved suite with its seeds, batch size, survivors mode, mlsec and torch versions)
-and ``batches.jsonl`` (one line per finished batch: stage, batch number, the sample indices
-attacked and those broken, seconds, and a checksum). A run killed at any moment, SIGKILL included,
-leaves at most a partial last line, which is discarded on resume. Because the runner splits the
-survivors into the same batches in the same order, a resumed run replays the recorded batches and
-attacks only the rest, ending with exactly the numbers of an uninterrupted run.
+the data, the resolved suite with its seeds, survivors mode, mlsec and torch versions) and one log
+per process of the run that wrote it: ``batches.jsonl`` for rank 0, ``batches.R.jsonl`` for rank R.
+A log line is one finished batch: its stage, its first sample, the sample indices attacked and
+those broken, seconds, and a checksum. A run killed at any moment, SIGKILL included, leaves at
+most a partial last line per log, which is discarded on resume.
+
+Records are per sample: a resumed run reads every log in the folder, takes each recorded sample's
+result as it stands, and attacks only the rest. Because every random draw is keyed by the sample
+(:mod:`mlsec.core.keyed`), a sample's result does not depend on its batch, so the resumed run may
+use another batch size or another number of processes and still ends with exactly the numbers
+of an uninterrupted run.
 
 Nothing stale is trusted: a folder whose fingerprint differs, whose ``meta.json`` is missing or
 unreadable, or whose records fail their checksum (a SHA-256 over the record and the fingerprint,
 so a line edited by hand or copied from another checkpoint fails too) or their checks (types,
-sample indices in range) is refused with a one-line :class:`~mlsec.errors.InputError`; it is never
-re-initialised around old records.
+sample indices in range, a sample recorded twice in one stage) is refused with a one-line
+:class:`~mlsec.errors.InputError`; it is never re-initialised around old records.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from typing import Any
 from mlsec.core.files import write_atomic
 from mlsec.errors import InputError
 
-__all__ = ["BatchRecord", "Checkpoint"]
+__all__ = ["BatchRecord", "Checkpoint", "log_name"]
 
 # 2: records carry a checksum; the fingerprint holds the model's code and the versions.
-FORMAT = 2
+# 3: per-sample records in one log per process; randomness keyed by sample, not by call count.
+FORMAT = 3
 
 # The fingerprint's keys in plain words, for the message that refuses a folder.
 _WHAT = {
@@ -41,7 +47,6 @@ _WHAT = {
     "code": "the model's code or layers",
     "data": "the data",
     "suite": "the attacks, their settings or seeds, or the eps grid",
-    "batch_size": "the batch size",
     "survivors": "the survivors-only setting",
     "mlsec": "the mlsec version",
     "torch": "the torch version",
@@ -49,9 +54,8 @@ _WHAT = {
     "settings": "the defended audit's attacks, eps grid, steps, EOT draws or seed",
 }
 _FIELDS = {"stage", "batch", "indices", "broken", "seconds", "checksum"}
-# Written only by the defended audit: the samples further judges found broken, and the
-# purifier's call counter after the batch (its randomness is keyed by that count).
-_OPTIONAL = {"also_broken", "calls"}
+# Written only by the defended audit: the samples further judges found broken.
+_OPTIONAL = {"also_broken"}
 _FRESH = "use a new folder or delete this one"
 
 
@@ -59,10 +63,10 @@ _FRESH = "use a new folder or delete this one"
 class BatchRecord:
     """One finished batch: which samples were attacked and which of them were broken.
 
+    ``batch`` is the batch's first sample (unique within a stage, whoever attacked it).
     ``also_broken`` holds, for a batch judged by several models (the defended audit judges one
     example on the bare and on the defended model), the broken samples of each further judge;
-    ``calls`` the randomised purifier's call count after the batch, so a resumed run draws the
-    same randomness. Both are ``None`` in a plain audit and then not written.
+    ``None`` in a plain audit and then not written.
     """
 
     stage: int
@@ -71,7 +75,6 @@ class BatchRecord:
     broken: list[int]
     seconds: float
     also_broken: list[list[int]] | None = None
-    calls: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The record as JSON data, without the optional fields that are ``None``."""
@@ -94,6 +97,9 @@ class Checkpoint:
         fingerprint: everything that decides the numbers, as JSON data; a folder made with
             another fingerprint is refused.
         samples: the number of samples in the data set, to check the recorded indices against.
+        rank: this process's rank: it appends to its own log (``batches.jsonl`` for rank 0,
+            ``batches.R.jsonl`` for rank R) and reads every log in the folder. In a job of several
+            processes rank 0 must open the folder first (it writes ``meta.json``).
 
     Raises:
         InputError: the folder cannot be used: not a folder, not writable, made for a different
@@ -102,12 +108,17 @@ class Checkpoint:
     """
 
     def __init__(
-        self, directory: Path, fingerprint: dict[str, Any], *, samples: int | None = None
+        self,
+        directory: Path,
+        fingerprint: dict[str, Any],
+        *,
+        samples: int | None = None,
+        rank: int = 0,
     ) -> None:
         self.directory = directory
         self.samples = samples
         self._meta = directory / "meta.json"
-        self._log = directory / "batches.jsonl"
+        self._log = directory / log_name(rank)
         # Through JSON once, so tuples and lists compare as they will after a reload.
         self.fingerprint = json.loads(json.dumps({"format": FORMAT, **fingerprint}))
         self._key = hashlib.sha256(_canonical(self.fingerprint).encode()).hexdigest()
@@ -118,8 +129,13 @@ class Checkpoint:
             self._check_meta()
         elif log_exists and self._log.stat().st_size > 0:
             raise InputError(
-                f"{directory} holds batches.jsonl but no meta.json, so its records "
+                f"{directory} holds {self._log.name} but no meta.json, so its records "
                 f"cannot be matched to an audit; {_FRESH}",
+                subject="checkpoint",
+            )
+        elif rank != 0:
+            raise InputError(
+                f"{directory} has no meta.json: rank 0 must open the folder first",
                 subject="checkpoint",
             )
         else:
@@ -130,7 +146,20 @@ class Checkpoint:
                 ),
             )
         self._write(self._log, lambda: self._log.open("ab").close())  # writable before any attack
-        self.records: dict[tuple[int, int], BatchRecord] = self._read_log()
+        self.records: dict[tuple[int, int], BatchRecord] = {}
+        self._seen: dict[int, set[int]] = {}
+        for log in self._logs():
+            self._read_log(log, own=log == self._log)
+
+    def _logs(self) -> list[Path]:
+        """Every process's log in the folder (this process's own included), by name."""
+        logs = {self._log, *self.directory.glob("batches.*.jsonl")}
+        main = self.directory / log_name(0)
+        if self._regular_or_absent(main):
+            logs.add(main)
+        for log in logs:
+            self._regular_or_absent(log)
+        return sorted(logs, key=lambda path: path.name)
 
     def _prepare_folder(self) -> None:
         directory = self.directory
@@ -271,9 +300,6 @@ class Checkpoint:
     @staticmethod
     def _check_optional(item: dict[str, Any]) -> None:
         """Raise ``ValueError`` unless the optional fields hold what the defended audit writes."""
-        calls = item.get("calls", 0)
-        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
-            raise ValueError(f"calls must be an integer >= 0 (got {calls!r})")
         also = item.get("also_broken")
         if "also_broken" in item and not (
             isinstance(also, list)
@@ -286,13 +312,13 @@ class Checkpoint:
         ):
             raise ValueError("also_broken must be lists of attacked sample indices")
 
-    def _read_log(self) -> dict[tuple[int, int], BatchRecord]:
-        records: dict[tuple[int, int], BatchRecord] = {}
+    def _read_log(self, log: Path, *, own: bool) -> None:
+        """Add ``log``'s records; truncate a partial last line of this process's own log."""
         try:
-            raw = self._log.read_bytes()
+            raw = log.read_bytes()
         except OSError as error:
             raise InputError(
-                f"cannot read {self._log} ({error.strerror or error}); {_FRESH}",
+                f"cannot read {log} ({error.strerror or error}); {_FRESH}",
                 subject="checkpoint",
             ) from None
         good = 0
@@ -301,46 +327,61 @@ class Checkpoint:
                 break  # a partial last line: the run died while writing it
             try:
                 record = self._parse(line)
-                key = (record.stage, record.batch)
-                if key in records:
-                    raise ValueError(
-                        f"it repeats stage {record.stage} batch {record.batch} "
-                        "(did two runs share this folder?)"
-                    )
+                self._add(record)
             except ValueError as error:
                 raise InputError(
-                    f"{self._log} line {number} is not a valid record: {error}; {_FRESH}",
+                    f"{log} line {number} is not a valid record: {error}; {_FRESH}",
                     subject="checkpoint",
                 ) from None
-            records[key] = record
             good += len(line)
-        if good != len(raw):
-            with self._log.open("r+b") as fh:
+        if own and good != len(raw):
+            with log.open("r+b") as fh:
                 fh.truncate(good)
                 fh.flush()
                 os.fsync(fh.fileno())
-        return records
 
-    def get(self, stage: int, batch: int, indices: list[int]) -> BatchRecord | None:
-        """The recorded result of this batch, if any; it must cover exactly ``indices``."""
-        record = self.records.get((stage, batch))
-        if record is not None and record.indices != indices:
-            raise InputError(
-                f"{self.directory} does not match this run (stage {stage}, batch "
-                f"{batch} covered other samples); use a new folder",
-                subject="checkpoint",
+    def _add(self, record: BatchRecord) -> None:
+        """Index ``record``; ``ValueError`` if its batch or a sample is already recorded."""
+        key = (record.stage, record.batch)
+        if key in self.records:
+            raise ValueError(
+                f"it repeats stage {record.stage} batch {record.batch} "
+                "(did two runs share this folder?)"
             )
-        return record
+        seen = self._seen.setdefault(record.stage, set())
+        twice = seen.intersection(record.indices)
+        if twice:
+            raise ValueError(
+                f"it records sample {min(twice)} of stage {record.stage} a second time "
+                "(did two runs share this folder?)"
+            )
+        seen.update(record.indices)
+        self.records[key] = record
+
+    def stage_records(self, stage: int) -> list[BatchRecord]:
+        """The recorded batches of ``stage``, in the order of their first sample."""
+        return sorted(
+            (record for (at, _), record in self.records.items() if at == stage),
+            key=lambda record: record.batch,
+        )
 
     def append(self, record: BatchRecord) -> None:
         """Append ``record`` with its checksum and force it to disk before returning."""
         fields = record.fields()
         line = _canonical({**fields, "checksum": self._checksum(fields)}) + "\n"
+        try:
+            self._add(record)
+        except ValueError as error:
+            raise InputError(f"{self.directory}: {error}; {_FRESH}", subject="checkpoint") from None
         with self._log.open("ab") as fh:
             fh.write(line.encode())
             fh.flush()
             os.fsync(fh.fileno())
-        self.records[(record.stage, record.batch)] = record
+
+
+def log_name(rank: int) -> str:
+    """The name of rank ``rank``'s log in a checkpoint folder."""
+    return "batches.jsonl" if rank == 0 else f"batches.{rank}.jsonl"
 
 
 def _json_kind(value: object) -> str:

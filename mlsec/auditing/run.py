@@ -21,7 +21,7 @@ from torch import nn
 from mlsec.attacks import Attack
 from mlsec.auditing import checks
 from mlsec.auditing.chain import ChainResult, Runner, run_chain
-from mlsec.auditing.clean import CleanPass, check_data, clean_pass
+from mlsec.auditing.clean import HEAD, CleanPass, clean_pass
 from mlsec.auditing.examples import find_examples
 from mlsec.auditing.plan import Plan, make_plan, resolve_suite
 from mlsec.auditing.report import AttackOutcome, AuditReport
@@ -29,6 +29,8 @@ from mlsec.auditing.resume import Checkpoint
 from mlsec.auditing.suite import DEFAULT_EPS, Suite
 from mlsec.auditing.thresholds import Threshold, evaluate
 from mlsec.core import model as _model
+from mlsec.core.data import Samples, as_samples
+from mlsec.core.distributed import Group, agree, broadcast, current, gather_results
 from mlsec.core.fingerprint import fingerprint_code, fingerprint_model, fingerprint_tensors
 from mlsec.core.progress import Tracker
 from mlsec.core.progress import progress as progress_bars
@@ -60,12 +62,30 @@ def open_store(
     samples: int,
     console: Console | None,
     announce: bool,
+    group: Group | None = None,
 ) -> Checkpoint | None:
-    """The checkpoint folder for ``fingerprint`` (versions added), or ``None`` without one."""
+    """The checkpoint folder for ``fingerprint`` (versions added), or ``None`` without one.
+
+    In a job of several processes rank 0 opens (and may create) the folder first, then the
+    others; an error on any rank stops every rank.
+    """
     if checkpoint is None:
         return None
+    group = group or Group()
     fingerprint = {**fingerprint, "mlsec": VERSION, "torch": torch.__version__}
-    store = Checkpoint(Path(checkpoint), fingerprint, samples=samples)
+
+    opened: list[Checkpoint] = []
+
+    def open_it() -> None:
+        opened.append(Checkpoint(Path(checkpoint), fingerprint, samples=samples, rank=group.rank))
+
+    def wait() -> None:
+        return None
+
+    gather_results(group, open_it if group.is_main else wait)
+    if group.world > 1:
+        gather_results(group, wait if group.is_main else open_it)
+    store = opened[0]
     if store.records and announce:
         (console or Console(stderr=True)).print(
             f"resuming from {printable(store.directory)}: {len(store.records)} finished "
@@ -78,7 +98,7 @@ def open_store(
 
 def audit(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: Samples | tuple[torch.Tensor, torch.Tensor] | Any,
     *,
     suite: Suite | str | Path | None = None,
     attacks: Sequence[Attack | str] | None = None,
@@ -91,6 +111,7 @@ def audit(
     sanity_checks: bool = True,
     survivors: bool = True,
     examples: int = 8,
+    workers: int = 0,
     progress: bool = False,
     console: Console | None = None,
     model_name: str = "model",
@@ -101,7 +122,9 @@ def audit(
 
     Args:
         model: the classifier, returning logits; left in the mode it was given in.
-        data: ``(x, y)``: inputs within the bounds and integer labels.
+        data: ``(x, y)`` (inputs within the bounds and integer labels), a map-style
+            ``Dataset`` or ``DataLoader`` (read by index, batch by batch, never whole), or a
+            :class:`~mlsec.core.data.Samples` (what :func:`mlsec.io.data.load_data` returns).
         suite: a :class:`~mlsec.auditing.suite.Suite`, a built-in suite name (``default``,
             ``quick``, ``standard``, ``thorough``) or a TOML file; default ``default``.
         attacks: instead of a suite, attacks or registered names, chained in this order.
@@ -115,6 +138,7 @@ def audit(
         survivors: attack only samples still standing (``False``: every attack on every
             sample at every eps; same numbers, more time).
         examples: how many clean/adversarial pairs to keep for the report's image grid.
+        workers: data-loading worker processes (0: read in this process).
         progress: show progress: bars on a terminal, else one line per finished stage.
         console: where progress goes (default stderr).
         model_name: name of the model in the report.
@@ -124,6 +148,11 @@ def audit(
     Returns:
         An :class:`AuditReport`; its ``strength_note`` says when the suite is weaker than
         ``standard`` (see :mod:`mlsec.auditing.plan`).
+
+    Inside an initialised process group (``torchrun``, see :mod:`mlsec.core.distributed`) every
+    rank calls ``audit`` with the same arguments: the samples are split across the ranks, no
+    sample attacked twice, and every rank returns the same report, equal to a single process's.
+    Rank 0 alone draws progress and runs the sanity checks and examples.
 
     Example:
         >>> import mlsec
@@ -140,53 +169,93 @@ def audit(
         batch_size=batch_size,
         survivors=survivors,
     )
-    x, y = check_data(model, data, plan.suite.bounds)
+    samples = as_samples(data)
+    group = current()
+    agree(group, "settings or data", [plan.suite.to_config(), _data_probe(samples)])
     was_training = any(module.training for module in model.modules())
-    fingerprint = _fingerprint(model, x, y, plan)
-    store = open_store(checkpoint, fingerprint, samples=len(y), console=console, announce=progress)
-    with progress_bars(enabled=progress, console=console) as tracker:
-        clean = clean_pass(model, x, y, batch_size=batch_size, tracker=tracker, name=model_name)
-        runner = Runner(x, y, batch_size, _model.device_of(model), tracker, store)
+    device = _model.device_of(model)
+    main = group.is_main
+    with progress_bars(enabled=progress and main, console=console) as tracker:
+        clean = clean_pass(
+            model,
+            samples,
+            bounds=plan.suite.bounds,
+            batch_size=batch_size,
+            tracker=tracker,
+            group=group,
+            workers=workers,
+            name=model_name,
+        )
+        fingerprint = _fingerprint(model, clean.digest, plan)
+        agree(group, "models", fingerprint)
+        store = open_store(
+            checkpoint,
+            fingerprint,
+            samples=len(samples),
+            console=console,
+            announce=progress and main,
+            group=group,
+        )
+        runner = Runner(samples, batch_size, device, tracker, store, group, workers)
         chain = run_chain(runner, model, plan, clean.correct)
-        warnings = _sanity(model, x, y, clean, plan, tracker, was_training) if sanity_checks else []
+        warnings = []
+        if sanity_checks and main:
+            warnings = _sanity(model, samples, clean, plan, tracker, was_training)
     extra = {} if data_classes is None else {"data_classes": dict(data_classes)}
     config = plan.config(sanity_checks=sanity_checks, **extra)
     names = (model_name, data_name)
-    return _report(model, x, y, plan, clean, chain, warnings, examples, names, config)
+    report = None
+    if main:
+        report = _report(model, samples, plan, clean, chain, warnings, examples, names, config)
+    shared: AuditReport = broadcast(group, report)
+    return shared
 
 
-def _fingerprint(model: nn.Module, x: torch.Tensor, y: torch.Tensor, plan: Plan) -> dict[str, Any]:
-    """Everything that decides the numbers (the suite's config holds each attack's seed)."""
+def _data_probe(samples: Samples) -> list[Any]:
+    """The data's size and a digest of its first, middle and last samples (ranks compare them)."""
+    n = len(samples)
+    x, y = samples.get(sorted({0, n // 2, n - 1}))
+    return [n, fingerprint_tensors(x, y)]
+
+
+def _fingerprint(model: nn.Module, data: str, plan: Plan) -> dict[str, Any]:
+    """Everything that decides the numbers (the suite's config holds each attack's seed).
+
+    Not the batch size nor the number of processes: randomness is keyed by sample, so neither
+    changes a number, and a resumed run may change both.
+    """
     return {
         "model": fingerprint_model(model),
         "code": fingerprint_code(model),
-        "data": fingerprint_tensors(x, y),
+        "data": data,
         "suite": plan.suite.to_config(),
-        "batch_size": plan.batch_size,
         "survivors": plan.survivors,
     }
 
 
 def _sanity(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    samples: Samples,
     clean: CleanPass,
     plan: Plan,
     tracker: Tracker,
     was_training: bool,
 ) -> list[str]:
     stage = tracker.stage("sanity checks", total=None)
+    x, y = samples.get(range(min(len(samples), HEAD)))
     warnings = checks.model_checks(model, x, y, clean.logits, was_training=was_training)
-    warnings += checks.attack_checks(model, x, y, clean.correct, plan.suite)
+    keep = clean.correct.nonzero().flatten()[: checks.PROBE].tolist()
+    if keep:
+        xk, yk = samples.get(keep)
+        standing = torch.ones(len(keep), dtype=torch.bool)
+        warnings += checks.attack_checks(model, xk, yk, standing, plan.suite)
     stage.finish()
     return warnings
 
 
 def _report(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    samples: Samples,
     plan: Plan,
     clean: CleanPass,
     chain: ChainResult,
@@ -195,20 +264,21 @@ def _report(
     names: tuple[str, str],
     config: dict[str, Any],
 ) -> AuditReport:
-    accuracy = {key: int(mask.sum()) / len(y) for key, mask in chain.robust.items()}
+    n = len(samples)
+    accuracy = {key: int(mask.sum()) / n for key, mask in chain.robust.items()}
     accuracy.update({("worst", value): acc for value, acc in chain.worst_case.items()})
     return AuditReport(
         model=names[0],
         data=names[1],
         norm=plan.suite.norm,
         bounds=plan.suite.bounds,
-        n=len(y),
+        n=n,
         clean_accuracy=clean.accuracy,
         outcomes=chain.outcomes,
         worst_case=chain.worst_case,
         warnings=warnings,
         thresholds=evaluate(plan.thresholds, clean.accuracy, accuracy),
-        examples=find_examples(model, x, y, plan, clean.correct, chain.robust, examples),
+        examples=find_examples(model, samples, plan, clean.correct, chain.robust, examples),
         config=config,
         environment=environment(_model.device_of(model)),
         correct=clean.correct,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from mlsec.cli import attacks, audit, defend, train
 from mlsec.cli.common import Parser
 from mlsec.cli.exits import run_command
+from mlsec.core.distributed import stop
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -42,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mlsec`` command line; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command(COMMANDS[args.command], args, parser)
+    try:
+        return run_command(COMMANDS[args.command], args, parser)
+    finally:
+        stop()  # leave a torchrun job cleanly
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from mlsec.auditing.suite import BUILTIN_SUITES, Suite, load_suite, parse_eps
 from mlsec.auditing.thresholds import Threshold, parse_thresholds
 from mlsec.cli import defend
 from mlsec.cli.common import check_writable, device_from, float_list, positive_int, print_notes
-from mlsec.cli.options import FLAGS, apply_normalize, parse_normalize
+from mlsec.cli.options import FLAGS, add_data_options, apply_normalize, parse_normalize
 from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
 from mlsec.cli.tables import comparison_table, print_strength_notes, robust_table
+from mlsec.core.distributed import current
 from mlsec.core.text import percent, printable
 from mlsec.core.threat import NORMS
 from mlsec.errors import InputError
@@ -49,6 +50,7 @@ def add_parser(sub: Any) -> None:
         "(Ctrl-C).",
     )
     _add_model_options(parser.add_argument_group("model and data"))
+    add_data_options(parser.add_argument_group("data loading (streamed batch by batch)"))
     _add_defense_options(parser.add_argument_group("defended model (GAN purifiers)"))
     _add_attack_options(parser.add_argument_group("attacks"))
     _add_gate_options(parser.add_argument_group("CI gate"))
@@ -268,57 +270,67 @@ def run(args: argparse.Namespace) -> int:
     for option in _DEFENSE_ONLY:
         if getattr(args, option) is not None:
             raise InputError(f"--{option.replace('_', '-')} needs --defense")
-    console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
+    device = device_from(args.device)  # under torchrun: joins the job first
+    # Several processes (torchrun): rank 0 alone prints, draws progress and writes reports.
+    main = current().is_main
+    quiet = args.quiet or not main
+    console = Console(
+        no_color=args.no_color, highlight=not args.no_color, soft_wrap=True, quiet=not main
+    )
     # stderr as it is: a terminal gets progress bars, a pipe or a file one line per stage.
-    err = Console(stderr=True, no_color=args.no_color)
-    paths = _paths(args)
+    err = Console(stderr=True, no_color=args.no_color, quiet=not main)
+    paths = _paths(args) if main else {}
     thresholds = _thresholds(args)
-    device = device_from(args.device)
     specs = [args.model] if args.model is not None else list(DEFAULT_MODELS)
     # The user's modules load first: they may register attacks of their own.
     loaded = [
         load_model(spec, arch=args.arch, trust_pickle=args.trust_pickle, terms=FLAGS)
         for spec in specs
     ]
-    (x, y), data_name, data_notes = load_data(args.data)
+    samples, data_name, data_notes = load_data(
+        args.data, resize=args.resize, center_crop=args.center_crop
+    )
     # An image folder's class labels go in the report: they decide what "correct" means.
     classes = image_folder_classes(Path(args.data)) if Path(args.data).is_dir() else None
     plan = _plan(args)
     several = len(loaded) > 1
     files = {name: report_files(paths, args.out, name, several=several) for _, name, _ in loaded}
-    for planned in files.values():
+    for planned in files.values() if main else ():
         check_report_files(planned, args.out)
     if args.limit is not None:
-        x, y = x[: args.limit], y[: args.limit]
+        samples = samples.subset(range(min(args.limit, len(samples))))
     notes = [n for _, _, model_notes in loaded for n in model_notes]
-    print_notes(err, [*notes, *data_notes], quiet=args.quiet)
+    print_notes(err, [*notes, *data_notes], quiet=quiet)
 
     reports: list[AuditReport] = []
     written: list[Path] = []
     for model, model_name, _ in loaded:
         if args.normalize is not None:
             mean, std = parse_normalize(args.normalize)
-            model = apply_normalize(model, mean, std, channels=x.shape[1])
+            channels = samples.get([0])[0].shape[1]
+            model = apply_normalize(model, mean, std, channels=channels)
         checkpoint = args.checkpoint
         if several and checkpoint is not None:
             checkpoint = checkpoint / model_name
         report = audit(
             model.to(device),
-            (x, y),
+            samples,
             suite=plan,
             thresholds=thresholds,
             batch_size=args.batch_size,
             checkpoint=checkpoint,
             sanity_checks=not args.no_checks,
-            progress=not (args.quiet or args.no_progress),
+            workers=args.workers,
+            progress=not (quiet or args.no_progress),
             console=err,
             model_name=model_name,
             data_name=data_name,
             data_classes=classes,
         )
         reports.append(report)
-        written += write_reports(report, files[model_name], plan)
-    _print_results(console, reports, written, quiet=args.quiet, command=_standard_command(args))
+        if main:
+            written += write_reports(report, files[model_name], plan)
+    _print_results(console, reports, written, quiet=quiet, command=_standard_command(args))
     return _exit_code(console, reports, strict=args.strict)
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mlsec.cli.exits import EXIT_USAGE
+from mlsec.core.distributed import launched, start
 from mlsec.core.text import printable
 from mlsec.errors import InputError
 from mlsec.io import CLASS_MAP_NOTE, PICKLE_WARNING
@@ -73,7 +74,18 @@ def positive_int(text: str) -> int:
 
 
 def device_from(name: str) -> torch.device:
-    """The device ``--device`` names; ``auto`` is CUDA when there is one."""
+    """The device ``--device`` names; ``auto`` is CUDA when there is one.
+
+    Launched by ``torchrun``, this also joins the job (:func:`mlsec.core.distributed.start`):
+    ``auto`` and ``cuda`` then mean this rank's own GPU, from ``LOCAL_RANK``.
+    """
+    if launched():
+        if name not in ("auto", "cpu", "cuda"):
+            raise InputError(
+                f"--device {name}: under torchrun each rank takes its own GPU; use --device "
+                "auto, cuda or cpu"
+            )
+        return start(name)[1]
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

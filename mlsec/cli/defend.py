@@ -105,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_writable("--out", out)
     device = device_from(args.device)
-    (x, y), _, notes = load_data(args.data)
+    samples, _, notes = load_data(args.data)
     if args.limit is not None:
-        x, y = x[: args.limit], y[: args.limit]
+        samples = samples.subset(range(min(args.limit, len(samples))))
+    x, y = samples.tensors()
     err = Console(stderr=True)
     print_notes(err, notes, quiet=False)
     common: dict[str, Any] = {
@@ -222,9 +223,10 @@ def audit_defense(args: argparse.Namespace) -> int:
     model, model_name, model_notes = load_model(
         args.model or "mnist-cnn", arch=args.arch, trust_pickle=args.trust_pickle, terms=FLAGS
     )
-    (x, y), data_name, data_notes = load_data(args.data)
+    samples, data_name, data_notes = load_data(args.data)
     if args.limit is not None:
-        x, y = x[: args.limit], y[: args.limit]
+        samples = samples.subset(range(min(args.limit, len(samples))))
+    x, y = samples.tensors()
     err = Console(stderr=True, no_color=args.no_color)
     print_notes(err, [*model_notes, *data_notes], quiet=args.quiet)
     if args.bounds is not None and tuple(args.bounds) != (0.0, 1.0):

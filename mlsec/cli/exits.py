@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable, Collection, Mapping
 
+from mlsec.core.distributed import current
 from mlsec.core.text import printable
 from mlsec.errors import InputError
 
@@ -118,8 +119,10 @@ def run_command(
     try:
         return command(args)
     except InputError as error:
-        message = error_message(error, args.command, options_of(parser, args.command))
-        print(f"mlsec: {printable(message)}", file=sys.stderr)
+        # In a job of several processes every rank stops with the same error; rank 0 says it.
+        if current().is_main:
+            message = error_message(error, args.command, options_of(parser, args.command))
+            print(f"mlsec: {printable(message)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mlsec: interrupted", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""Command-line options that need more than argparse: ``--normalize``, and the flags io names.
+"""Command-line options that need more than argparse, and the flags io names.
+
+``--normalize``, and the data options ``--workers``, ``--resize`` and ``--center-crop``.
 
 :data:`FLAGS` tells the loaders of :mod:`mlsec.io` how the command line spells the inputs their
 messages point to, so a refusal reads ``pass --trust-pickle`` here and ``pass trust_pickle=True``
@@ -7,7 +9,10 @@ to a Python caller.
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
+from typing import Any
 
 from torch import nn
 
@@ -15,9 +20,19 @@ from mlsec.core.normalize import Normalized
 from mlsec.errors import InputError
 from mlsec.io import Terms
 
-__all__ = ["FLAGS", "apply_normalize", "parse_normalize"]
+__all__ = [
+    "FLAGS",
+    "add_data_options",
+    "apply_normalize",
+    "parse_normalize",
+    "parse_size",
+    "workers",
+]
 
 FLAGS = Terms(arch="--arch", trust_pickle="--trust-pickle", defense="--defense")
+
+_SIZE = re.compile(r"([0-9]+)(?:x([0-9]+))?")
+_MAX_SIDE = 1 << 16  # larger than any image Pillow opens without a decompression-bomb error
 
 _USAGE = "give MEAN,STD or the means then the stds per channel, e.g. 0.5,0.5,0.5,0.2,0.2,0.2"
 
@@ -77,3 +92,73 @@ def apply_normalize(
             "give one mean and std, or one per channel"
         )
     return Normalized(model, mean, std).eval()
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """Parse the ``SIZE`` of ``--resize`` or ``--center-crop``: ``224``, or ``HxW``: ``224x200``.
+
+    Raises:
+        argparse.ArgumentTypeError: not one or two whole numbers from 1 to 65536; argparse
+            prints it as a one-line usage error (exit 2).
+
+    Example:
+        >>> parse_size("224"), parse_size("224x200")
+        (224, (224, 200))
+
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 224 or 224x224 (height x width), got {text!r}"
+        )
+    sides = [int(part) for part in match.groups() if part is not None]
+    if not all(1 <= side <= _MAX_SIDE for side in sides):
+        raise argparse.ArgumentTypeError(f"sides must lie in 1..{_MAX_SIDE}, got {text!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def workers(text: str) -> int:
+    """A number of ``DataLoader`` worker processes, ``>= 0``.
+
+    Example:
+        >>> workers("4")
+        4
+
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_data_options(group: Any) -> None:
+    """Add how the data is read to ``group`` (an argparse parser or argument group).
+
+    Their values land in ``args.workers`` (int, default 0), ``args.resize`` and
+    ``args.center_crop`` (``None``, an int or ``(H, W)``), which ``load_data`` and
+    ``batches`` take as they are.
+    """
+    group.add_argument(
+        "--workers",
+        type=workers,
+        default=0,
+        metavar="N",
+        help="processes reading and decoding the data (DataLoader workers; default 0: none)",
+    )
+    group.add_argument(
+        "--resize",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="resize each image of an image folder: 224 sets the shorter side, 224x200 is HxW",
+    )
+    group.add_argument(
+        "--center-crop",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="then crop each image's centre to SIZE (224 or HxW)",
+    )

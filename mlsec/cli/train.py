@@ -20,7 +20,9 @@ from mlsec.auditing.suite import load_suite
 from mlsec.cli.common import device_from, float_list, print_notes, proper_fraction
 from mlsec.cli.options import FLAGS, apply_normalize, parse_normalize
 from mlsec.cli.tables import print_strength_notes, robust_table
-from mlsec.cli.train_record import architecture, audit_hint, closing_line
+from mlsec.cli.train_record import architecture, audit_hint, closing_line, summary
+from mlsec.core import distributed
+from mlsec.core.distributed import Group
 from mlsec.core.files import write_atomic
 from mlsec.core.text import printable
 from mlsec.core.threat import NORMS
@@ -219,11 +221,13 @@ def _load(args: argparse.Namespace) -> _Inputs:
     trained, model_name, notes = load_model(
         args.model, arch=args.arch, trust_pickle=args.trust_pickle, terms=FLAGS
     )
-    (x, y), data_name, data_notes = load_data(args.data)
+    samples, data_name, data_notes = load_data(args.data)
+    x, y = samples.tensors()  # training keeps its data in memory
     held_out: tuple[torch.Tensor, torch.Tensor] | None
     if args.val is not None:
         train_data = (x, y)
-        held_out, val_name, val_notes = load_data(args.val, subject="val")
+        val_samples, val_name, val_notes = load_data(args.val, subject="val")
+        held_out = val_samples.tensors()
         data_notes += val_notes
     else:
         train_data, held_out = _split(x, y, args.val_split, args.seed)
@@ -299,7 +303,8 @@ def _final_audit(
         model_name=f"{inputs.model_name} ({method.name}-trained)",
         data_name=inputs.val_name,
     )
-    write_atomic(args.out / "audit.json", report.to_json() + "\n")
+    if distributed.current().is_main:
+        write_atomic(args.out / "audit.json", report.to_json() + "\n")
     if not args.quiet:
         console.print(robust_table(report))
         print_strength_notes(console, [report])
@@ -311,46 +316,60 @@ def _final_audit(
     }
 
 
-def _summary(
+def _join(args: argparse.Namespace, device: torch.device) -> tuple[Group, torch.device]:
+    """Under torchrun, join the job (a GPU per rank from LOCAL_RANK); the ranks' arguments agree."""
+    group = distributed.current()
+    if distributed.launched():
+        group, device = distributed.start(args.device)
+    if group.active:
+        options = {name: str(value) for name, value in sorted(vars(args).items())}
+        distributed.agree(group, "arguments", options)
+    return group, device
+
+
+def _write_outputs(
     args: argparse.Namespace,
+    console: Console,
     method: Any,
-    config: TrainConfig,
     inputs: _Inputs,
     result: Any,
-    seconds: float,
-) -> dict[str, Any]:
-    """What ``train.json`` records of the run (the weights' path and --arch are added after)."""
-    return {
-        "model": inputs.model_name,
-        "data": inputs.data_name,
-        "held_out": inputs.val_name if inputs.held_out is not None else None,
-        "method": method.name,
-        "params": method.params(),
-        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
-        "normalize": args.normalize,
-        "epochs_run": len(result.history),
-        "kept_epoch": result.kept,
-        "best_epoch": result.best_epoch,
-        "collapsed_at": result.collapsed_at,
-        "seconds": seconds,
-        "weights": None,
-        "arch": None,
-        "final": result.history[-1] if result.history else None,
-    }
+    record: dict[str, Any],
+) -> None:
+    """Rank 0's part after training: the weights, ``train.json`` and the closing lines."""
+    trained = inputs.trained
+    weights = args.out / "model.safetensors"
+    save_weights(trained, weights, {"method": method.name, "epoch": str(result.kept)})
+    if isinstance(trained, torch.jit.ScriptModule):
+        torch.jit.save(trained, str(args.out / "model.pt"))
+    arch = architecture(args.model, args.arch, trained)
+    record.update(weights=str(weights), arch=arch)
+    write_atomic(args.out / "train.json", json.dumps(record, indent=2, default=str) + "\n")
+    line = closing_line(method.name, result, record["config"]["eval_steps"], record["seconds"])
+    console.print(line, highlight=False, markup=False)
+    hint = audit_hint(args.out, weights, arch, trained, args.normalize)
+    console.print(f"weights: {weights}; audit them with: {hint}", highlight=False, markup=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``mlsec train``; returns the exit code."""
-    console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
-    # stderr as it is: a terminal gets progress bars, a pipe or a file one line per epoch.
-    err = Console(stderr=True, no_color=args.no_color, soft_wrap=True)
+    """Run ``mlsec train``; returns the exit code.
+
+    Under ``torchrun`` every rank trains its share of each batch (DistributedDataParallel); rank
+    0 alone prints and writes ``--out``.
+    """
     method = _method(args)
     config = _config(args)
     if not args.out.resolve().parent.is_dir():
         raise InputError(f"--out: folder {args.out.resolve().parent} does not exist")
-    device = device_from(args.device)
+    group, device = _join(args, device_from(args.device))
+    args.quiet = args.quiet or not group.is_main
+    console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
+    # stderr as it is: a terminal gets progress bars, a pipe or a file one line per epoch.
+    err = Console(stderr=True, no_color=args.no_color, soft_wrap=True, quiet=not group.is_main)
     # Before any work: the run's files, and the outputs written after training, are not folders.
-    check_folder(args.out, resume=args.resume, files=(*RUN_FILES, *_OUTPUTS))
+    outputs = (*RUN_FILES, *_OUTPUTS)
+    distributed.gather_results(
+        group, lambda: check_folder(args.out, resume=args.resume, files=outputs)
+    )
     inputs = _load(args)
     print_notes(err, inputs.notes, quiet=args.quiet)
     if inputs.held_out is None and not args.quiet:
@@ -361,20 +380,11 @@ def run(args: argparse.Namespace) -> int:
         )
     inputs.model = inputs.model.to(device)
     result, seconds = _fit(args, err, method, config, inputs)
-
-    trained = inputs.trained.cpu()
-    weights = args.out / "model.safetensors"
-    save_weights(trained, weights, {"method": method.name, "epoch": str(result.kept)})
-    if isinstance(trained, torch.jit.ScriptModule):
-        torch.jit.save(trained, str(args.out / "model.pt"))
-    arch = architecture(args.model, args.arch, trained)
-    summary = _summary(args, method, config, inputs, result, seconds)
-    summary.update(weights=str(weights), arch=arch)
+    inputs.trained.cpu()
+    record = summary(args, method, config, inputs, result, seconds)
     if inputs.held_out is not None and not args.no_audit and method.eps > 0:
-        summary["audit"] = _final_audit(args, console, err, method, inputs, device)
-    write_atomic(args.out / "train.json", json.dumps(summary, indent=2, default=str) + "\n")
-    line = closing_line(method.name, result, config.eval_steps, seconds)
-    console.print(line, highlight=False, markup=False)
-    hint = audit_hint(args.out, weights, arch, trained, args.normalize)
-    console.print(f"weights: {weights}; audit them with: {hint}", highlight=False, markup=False)
+        # Every rank: the audit may itself share its samples out over the ranks.
+        record["audit"] = _final_audit(args, console, err, method, inputs, device)
+    if group.is_main:
+        _write_outputs(args, console, method, inputs, result, record)
     return 0

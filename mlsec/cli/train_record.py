@@ -1,4 +1,4 @@
-"""What ``mlsec train`` says when a run ends: how to rebuild the model, and how to audit it."""
+"""What ``mlsec train`` records and says when a run ends: its summary, how to rebuild and audit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from mlsec import zoo
 from mlsec.core.text import percent
 
-__all__ = ["architecture", "audit_hint", "closing_line"]
+__all__ = ["architecture", "audit_hint", "closing_line", "summary"]
 
 
 def architecture(spec: str, arch: str | None, model: nn.Module) -> str | None:
@@ -53,3 +53,31 @@ def closing_line(method: str, result: Any, eval_steps: int, seconds: float) -> s
             f"PGD-{eval_steps} {percent(kept['robust_accuracy'])}"
         )
     return line
+
+
+def summary(
+    args: Any,
+    method: Any,
+    config: Any,
+    inputs: Any,
+    result: Any,
+    seconds: float,
+) -> dict[str, Any]:
+    """What ``train.json`` records of the run (the weights' path and --arch are added after)."""
+    return {
+        "model": inputs.model_name,
+        "data": inputs.data_name,
+        "held_out": inputs.val_name if inputs.held_out is not None else None,
+        "method": method.name,
+        "params": method.params(),
+        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "normalize": args.normalize,
+        "epochs_run": len(result.history),
+        "kept_epoch": result.kept,
+        "best_epoch": result.best_epoch,
+        "collapsed_at": result.collapsed_at,
+        "seconds": seconds,
+        "weights": None,
+        "arch": None,
+        "final": result.history[-1] if result.history else None,
+    }

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 import torch
 
+from mlsec.core.keyed import SampleKeys
 from mlsec.core.validation import check_bounds, check_eps
 from mlsec.errors import InputError
 
@@ -79,10 +80,8 @@ class Geometry(Protocol):
     norm: Norm
     art_norm: float | int  # np.inf or 2
 
-    def random_start(
-        self, like: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """A random perturbation inside the ball, shaped like ``like``."""
+    def random_start(self, like: torch.Tensor, eps: torch.Tensor, keys: SampleKeys) -> torch.Tensor:
+        """A random perturbation in the ball, shaped like ``like``; row r draws from keys[r]."""
         ...
 
     def ascent(self, grad: torch.Tensor) -> torch.Tensor:
@@ -169,10 +168,8 @@ class _Linf:
     norm: Norm = "linf"
     art_norm: float | int = math.inf
 
-    def random_start(
-        self, like: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        noise = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+    def random_start(self, like: torch.Tensor, eps: torch.Tensor, keys: SampleKeys) -> torch.Tensor:
+        noise = keys.uniform(tuple(like.shape[1:]), stream="start", dtype=like.dtype)
         return (2 * noise - 1) * eps
 
     def ascent(self, grad: torch.Tensor) -> torch.Tensor:
@@ -203,20 +200,11 @@ class _L2:
     norm: Norm = "l2"
     art_norm: float | int = 2
 
-    def random_start(
-        self, like: torch.Tensor, eps: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
+    def random_start(self, like: torch.Tensor, eps: torch.Tensor, keys: SampleKeys) -> torch.Tensor:
         # Uniform in the ball: a Gaussian direction, radius eps * u^(1/d).
-        direction = torch.randn(
-            like.shape, generator=generator, device=like.device, dtype=like.dtype
-        )
+        direction = keys.normal(tuple(like.shape[1:]), stream="start", dtype=like.dtype)
         direction = direction / _flat_norm(direction).clamp_min(_TINY)
-        u = torch.rand(
-            (like.shape[0],) + (1,) * (like.dim() - 1),
-            generator=generator,
-            device=like.device,
-            dtype=like.dtype,
-        )
+        u = keys.uniform((1,) * (like.dim() - 1), stream="start/radius", dtype=like.dtype)
         return direction * eps * u.pow(1.0 / like[0].numel())
 
     def ascent(self, grad: torch.Tensor) -> torch.Tensor:

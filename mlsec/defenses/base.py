@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from mlsec.attacks.adaptive import BPDA
 from mlsec.core.files import write_atomic
+from mlsec.core.keyed import SampleKeys, current_draw
 from mlsec.core.registry import Registry
 from mlsec.defenses.weights import META_KEY, module_tensors, read_safetensors
 from mlsec.errors import InputError
@@ -79,6 +81,15 @@ class Purifier(Defense):
     @abc.abstractmethod
     def purify(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
         """Purified inputs, shaped like ``x``; ``seed`` overrides the defense's own seed."""
+
+    def purify_keyed(self, x: torch.Tensor, keys: SampleKeys, *, step: int) -> torch.Tensor:
+        """:meth:`purify` with row ``r``'s randomness drawn from ``keys[r]`` at ``step``.
+
+        ``keys`` hold one key per row of ``x`` (:mod:`mlsec.core.keyed`): a randomised purifier
+        draws from them under its own seed, so a sample is purified the same way whatever batch
+        it is in. A purifier that draws nothing (the default) ignores them.
+        """
+        return self.purify(x)
 
     @classmethod
     def load(cls, path: str | Path) -> Purifier:
@@ -202,10 +213,19 @@ def load_defense(path: str | Path) -> Purifier:
 class PurifiedModel(nn.Module):
     """A classifier behind a purifier: ``model(purify(x))``, a plain ``nn.Module``.
 
-    Every forward pass of a randomised purifier (Defense-GAN's random starts) draws fresh
-    randomness, from a seed that counts the calls: a run is reproducible, yet the defense behaves
-    as deployed and Expectation over Transformation has something to average. The backward pass is
-    exact for a differentiable purifier, else BPDA with the purifier's :meth:`Purifier.surrogate`.
+    A randomised purifier (Defense-GAN's random starts) draws fresh randomness on every forward
+    pass, so the defense behaves as deployed and Expectation over Transformation has something to
+    average. Where the draws come from:
+
+    - inside an attack (or the audit's clean pass) that says which samples the rows are
+      (:func:`mlsec.core.keyed.drawing_for`), row ``r`` draws from its sample's key at the
+      attack's call number, under the defense's seed: a sample's purification does not depend
+      on the rest of the batch, the batch size, the survivors-only schedule or a resume point;
+    - in a plain forward pass, from the seed ``defense.seed + calls``, ``calls`` counting such
+      passes: reproducible run to run, but keyed by the batch's position in the sequence of calls.
+
+    The backward pass is exact for a differentiable purifier, else BPDA with the purifier's
+    :meth:`Purifier.surrogate`.
     """
 
     def __init__(self, defense: Purifier, model: nn.Module) -> None:
@@ -213,17 +233,37 @@ class PurifiedModel(nn.Module):
         self.classifier = model
         self.purifier = nn.ModuleDict(defense.networks())
         self.defense = defense
+        # Plain (unkeyed) forward passes so far: the seed of the next is defense.seed + calls.
         self.calls = 0
         # In the classifier's mode (the purifiers run their networks in eval mode regardless).
         self.train(model.training)
 
     def purify(self, x: torch.Tensor) -> torch.Tensor:
         """The purified input of this call (fresh randomness), with the declared gradient."""
-        seed = getattr(self.defense, "seed", 0) + self.calls
-        self.calls += 1
+        step = self._step()
         if self.defense.differentiable:
-            return self.defense.purify(x, seed=seed)
-        return BPDA(lambda v: self.defense.purify(v, seed=seed), self.defense.surrogate)(x)
+            return step(x)
+        return BPDA(step, self.defense.surrogate)(x)
+
+    def _step(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The purification of this call: keyed by the rows' samples if an attack set them."""
+        draw = current_draw()
+        if draw is None:
+            seed = getattr(self.defense, "seed", 0) + self.calls
+            self.calls += 1
+            return lambda v: self.defense.purify(v, seed=seed)
+        keys, call = draw.keys, draw.call
+
+        def keyed(v: torch.Tensor) -> torch.Tensor:
+            if len(keys) != v.shape[0]:
+                raise InputError(
+                    f"the attack keyed {len(keys)} rows but the purifier got {v.shape[0]}: a "
+                    "model in front of it must keep the batch's rows",
+                    subject="keys",
+                )
+            return self.defense.purify_keyed(v, keys.to(v.device), step=call)
+
+        return keyed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits on the purified input."""

@@ -1,4 +1,4 @@
-"""Image folders: one subfolder per class, read by Pillow into float32 images and int64 labels.
+"""Image folders: one subfolder per class, read lazily by Pillow into float32 images, int64 labels.
 
 Pillow identifies a file by its content, not its name; it is limited to plain raster formats here,
 so a file named ``.png`` that is really PostScript never reaches Ghostscript.
@@ -8,18 +8,32 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from mlsec.core.data import as_tensors
+from mlsec.core.data import Samples
 from mlsec.core.text import error_line
 from mlsec.errors import InputError
 from mlsec.io.messages import shown
 
-__all__ = ["CLASS_MAP_NOTE", "IMAGE_SUFFIXES", "image_folder_classes", "load_image_folder"]
+__all__ = [
+    "CLASS_MAP_NOTE",
+    "IMAGE_SUFFIXES",
+    "ImageFolderSamples",
+    "ImageSize",
+    "crop_box",
+    "image_folder_classes",
+    "load_image_folder",
+    "resized_size",
+]
+
+# An image size a user names: an int (a square, or for a resize the shorter side) or (H, W).
+ImageSize = int | tuple[int, int]
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"}
@@ -122,21 +136,6 @@ def _walk_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _read_image(path: Path) -> tuple[np.ndarray, str, tuple[int, int], bool]:
-    """Pixels (uint8, HxW for gray, HxWx3 else), the mode, (width, height) and alpha presence.
-
-    Raises the reader's own errors; the caller names the file.
-    """
-    with Image.open(path, formats=_PIL_FORMATS) as image:
-        image.load()
-        mode, size = image.mode, image.size
-        alpha = "A" in image.getbands() or "transparency" in image.info
-        if mode in _PIL_UNSUPPORTED:
-            return np.zeros(0, np.uint8), mode, size, alpha
-        converted = image.convert("L" if mode in _PIL_GRAY else "RGB")
-        return np.asarray(converted, dtype=np.uint8), mode, size, alpha
-
-
 def _labelled_files(
     root: Path, classes: dict[str, int], where: str, subject: str
 ) -> list[tuple[Path, int]]:
@@ -153,72 +152,236 @@ def _labelled_files(
     return files
 
 
-def _read_pixels(
-    root: Path, files: list[Path], where: str, subject: str
-) -> tuple[torch.Tensor, int]:
-    """uint8 images ``[N, C, H, W]`` (C 1 if every image is gray, else 3) and how many had alpha."""
-    pixels: list[np.ndarray] = []
+@dataclass(frozen=True)
+class _Header:
+    """What an image file's header says: its mode, (width, height) and whether it has alpha."""
+
+    mode: str
+    size: tuple[int, int]
+    alpha: bool
+
+
+def _read_header(path: Path) -> _Header:
+    """The header of the image at ``path``; its pixels are not decoded.
+
+    Raises the reader's own errors; the caller names the file.
+    """
+    with Image.open(path, formats=_PIL_FORMATS) as image:
+        alpha = "A" in image.getbands() or "transparency" in image.info
+        return _Header(image.mode, image.size, alpha)
+
+
+def resized_size(size: tuple[int, int], resize: ImageSize | None) -> tuple[int, int]:
+    """(width, height) of an image of ``size`` after ``resize``, as torchvision computes it.
+
+    An int is the shorter side (the longer keeps the aspect ratio, rounded down); ``(H, W)`` is
+    the size itself.
+
+    Example:
+        >>> resized_size((200, 100), 64), resized_size((200, 100), (32, 48))
+        ((128, 64), (48, 32))
+
+    """
+    if resize is None:
+        return size
+    if isinstance(resize, tuple):
+        return resize[1], resize[0]
+    width, height = size
+    if width <= height:
+        return resize, int(resize * height / width)
+    return int(resize * width / height), resize
+
+
+def crop_box(size: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The (left, top, right, bottom) box of a centred ``(H, W)`` crop of a (width, height) image.
+
+    Example:
+        >>> crop_box((10, 7), (4, 4))
+        (3, 2, 7, 6)
+
+    """
+    (width, height), (crop_h, crop_w) = size, crop
+    top, left = round((height - crop_h) / 2.0), round((width - crop_w) / 2.0)
+    return left, top, left + crop_w, top + crop_h
+
+
+def _square(size: ImageSize | None) -> tuple[int, int] | None:
+    return (size, size) if isinstance(size, int) else size
+
+
+class ImageFolderSamples(Samples):
+    """The images of a folder, each decoded (and resized, cropped) by Pillow when asked for.
+
+    The file list, the labels and every file's header are read up front, so an unreadable
+    format or a size that does not fit is refused before any work starts; pixels are decoded
+    on :meth:`get`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        files: list[Path],
+        y: torch.Tensor,
+        *,
+        gray: bool,
+        resize: ImageSize | None = None,
+        center_crop: tuple[int, int] | None = None,
+        subject: str = "data",
+    ) -> None:
+        self.root, self.files, self.y, self.subject = root, files, y, subject
+        self.mode = "L" if gray else "RGB"
+        self.resize, self.center_crop = resize, center_crop
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images at ``indices``, float32 in [0, 1], ``[k, C, H, W]``, and their labels."""
+        order = [int(i) for i in indices]
+        first = self._decode(order[0])
+        pixels = np.empty((len(order), *first.shape), np.uint8)  # one buffer: no stacked copy
+        pixels[0] = first
+        for row, i in enumerate(order[1:], start=1):
+            image = self._decode(i)
+            if image.shape != first.shape:  # the file changed since its header was read
+                raise InputError(
+                    f"{shown(self.root)}: image {shown(self.files[i].relative_to(self.root))} "
+                    f"changed size since the folder was scanned",
+                    subject=self.subject,
+                )
+            pixels[row] = image
+        raw = torch.from_numpy(pixels)
+        raw = raw.unsqueeze(1) if self.mode == "L" else raw.permute(0, 3, 1, 2)
+        x = torch.empty(raw.shape, dtype=torch.float32).copy_(raw).div_(255.0)
+        return x, self.y[torch.as_tensor(order, dtype=torch.long)]
+
+    def _decode(self, i: int) -> np.ndarray:
+        file = self.files[i]
+        where, rel = shown(self.root), shown(file.relative_to(self.root))
+        try:
+            with Image.open(file, formats=_PIL_FORMATS) as image:
+                image.load()
+                if image.mode in _PIL_UNSUPPORTED:
+                    raise InputError(
+                        f"{where}: image {rel} has mode {image.mode} (16- or 32-bit); "
+                        "save 8-bit images",
+                        subject=self.subject,
+                    )
+                picture = image.convert(self.mode)
+            if self.resize is not None:
+                size = resized_size(picture.size, self.resize)
+                picture = picture.resize(size, Image.Resampling.BILINEAR)
+            if self.center_crop is not None:
+                picture = picture.crop(crop_box(picture.size, self.center_crop))
+            return np.asarray(picture, dtype=np.uint8)
+        except _PIL_ERRORS as error:
+            raise InputError(
+                f"{where}: cannot read image {rel}: {error_line(error)}", subject=self.subject
+            ) from None
+
+
+def _scan_headers(
+    root: Path,
+    files: list[Path],
+    sizing: tuple[ImageSize | None, tuple[int, int] | None],
+    subject: str,
+) -> tuple[tuple[int, int], bool, int]:
+    """Every file's header checked: the images' final (width, height), all gray?, alpha count."""
+    where, (resize, crop) = shown(root), sizing
     first: tuple[Path, tuple[int, int]] | None = None
     gray, with_alpha = True, 0
     for file in files:
         rel = shown(file.relative_to(root))
         try:
-            array, mode, size, alpha = _read_image(file)
+            header = _read_header(file)
         except _PIL_ERRORS as error:
             raise InputError(
                 f"{where}: cannot read image {rel}: {error_line(error)}", subject=subject
             ) from None
-        if mode in _PIL_UNSUPPORTED:
+        if header.mode in _PIL_UNSUPPORTED:
             raise InputError(
-                f"{where}: image {rel} has mode {mode} (16- or 32-bit); save 8-bit images",
+                f"{where}: image {rel} has mode {header.mode} (16- or 32-bit); save 8-bit images",
                 subject=subject,
             )
+        size = resized_size(header.size, resize)
+        if crop is not None:
+            if crop[0] > size[1] or crop[1] > size[0]:
+                raise InputError(
+                    f"{where}: image {rel} is {size[0]}x{size[1]} (width x height)"
+                    f"{' after resizing' if resize is not None else ''}, smaller than the "
+                    f"center crop of height {crop[0]} and width {crop[1]}; give a smaller crop "
+                    "or a larger resize",
+                    subject=subject,
+                )
+            size = (crop[1], crop[0])
         if first is None:
             first = (file, size)
         elif size != first[1]:
+            fix = "give a center crop too" if resize is not None else "resize them to one size"
             raise InputError(
-                f"{where}: images differ in size: {rel} is {size[0]}x{size[1]} but "
-                f"{shown(first[0].relative_to(root))} is {first[1][0]}x{first[1][1]}; "
-                "resize them to one size",
+                f"{where}: images differ in size{' after resizing' if resize is not None else ''}"
+                f": {rel} is {size[0]}x{size[1]} but {shown(first[0].relative_to(root))} is "
+                f"{first[1][0]}x{first[1][1]}; {fix}",
                 subject=subject,
             )
-        gray = gray and mode in _PIL_GRAY
-        with_alpha += alpha
-        pixels.append(array)
-    if gray:
-        return torch.from_numpy(np.stack(pixels)).unsqueeze(1), with_alpha
-    rgb = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pixels]
-    return torch.from_numpy(np.stack(rgb)).permute(0, 3, 1, 2).contiguous(), with_alpha
+        gray = gray and header.mode in _PIL_GRAY
+        with_alpha += header.alpha
+    assert first is not None  # every class folder holds an image
+    return first[1], gray, with_alpha
+
+
+def _sizing_note(resize: ImageSize | None, crop: tuple[int, int] | None) -> str | None:
+    steps = []
+    if isinstance(resize, int):
+        steps.append(f"resized (bilinear) so the shorter side is {resize}")
+    elif resize is not None:
+        steps.append(f"resized (bilinear) to {resize[1]}x{resize[0]} (width x height)")
+    if crop is not None:
+        steps.append(f"center-cropped to {crop[1]}x{crop[0]} (width x height)")
+    return f"each image {', then '.join(steps)}" if steps else None
 
 
 def load_image_folder(
-    root: Path, subject: str = "data"
-) -> tuple[tuple[torch.Tensor, torch.Tensor], str, list[str]]:
-    """Images and labels of an image folder, with notes on how they were read.
+    root: Path,
+    subject: str = "data",
+    *,
+    resize: ImageSize | None = None,
+    center_crop: ImageSize | None = None,
+) -> tuple[ImageFolderSamples, str, list[str]]:
+    """The images and labels of an image folder, read lazily, with notes on how they are read.
 
     Args:
         root: the folder, with one subfolder of images per class (see
             :func:`image_folder_classes` for the labels).
         subject: the input's name in the caller's terms, the subject of every error.
+        resize: resize each image first (bilinear): an int is its shorter side, ``(H, W)`` its
+            size. Without it (or a crop) every image must have one size.
+        center_crop: then crop each image's centre to ``(H, W)`` (an int: a square).
 
     Returns:
-        ``((x, y), name, notes)``: float32 images in ``[0, 1]``, int64 labels, the folder's name
-        and notes for the user (the size and channels read, the class labels, dropped alpha).
+        ``(samples, name, notes)``: the images as float32 in ``[0, 1]`` with int64 labels, read
+        on demand, the folder's name and notes for the user (the size and channels read, the
+        class labels, dropped alpha).
 
     """
     where = shown(root)
     classes = image_folder_classes(root, subject)
     files = _labelled_files(root, classes, where, subject)
-    pixels, with_alpha = _read_pixels(root, [file for file, _ in files], where, subject)
+    crop = _square(center_crop)
+    paths = [file for file, _ in files]
+    (width, height), gray, with_alpha = _scan_headers(root, paths, (resize, crop), subject)
     y = torch.tensor([index for _, index in files], dtype=torch.int64)
-    # Finite pixels and int64 labels by construction; as_tensors only normalises the pair.
-    x, y = as_tensors((pixels.float() / 255.0, y), subject)
-    channels, height, width = x.shape[1:]
+    samples = ImageFolderSamples(
+        root, paths, y, gray=gray, resize=resize, center_crop=crop, subject=subject
+    )
     notes = [
         f"read {len(files)} images in {len(classes)} classes from image folder {where}: "
-        f"{channels}-channel {width}x{height}, pixels divided by 255 to [0, 1]",
+        f"{1 if gray else 3}-channel {width}x{height}, pixels divided by 255 to [0, 1]",
         _class_note(classes),
     ]
+    sizing = _sizing_note(resize, crop)
+    if sizing:
+        notes.append(sizing)
     if with_alpha:
         notes.append(f"dropped the alpha channel of {with_alpha} images")
-    return (x, y), root.resolve().name or str(root), notes
+    return samples, root.resolve().name or str(root), notes

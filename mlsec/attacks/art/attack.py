@@ -80,6 +80,9 @@ class ARTAttack(Attack):
     open_params: ClassVar[bool] = True
     # The ART class of a registered subclass ("" for the generic attack).
     art_class: ClassVar[str] = ""
+    # ART's attacks draw from numpy's and torch's global generators, seeded once per call: a
+    # sample's draws depend on the rest of its batch, so its result may too.
+    sample_keyed: ClassVar[bool] = False
 
     attack: str
     options: Options = ()

@@ -98,9 +98,10 @@ def cuda_device(device: torch.device) -> Iterator[None]:
 def seeded_start(problem: Problem, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Seeded starting points for the decision-based attacks that would draw unseeded ones.
 
-    Per sample, the first of a few uniform-noise images (from the problem's generator) that the
-    model does not classify as it classifies ``x`` (targeted: classifies as the target); where none
-    is, an input of the batch that qualifies; where none is either, ``x`` (ART then draws its own).
+    Per sample, the first of a few uniform-noise images (drawn from the sample's own key) that
+    the model does not classify as it classifies ``x`` (targeted: classifies as the target); where
+    none is, an input of the batch that qualifies; where none is either, ``x`` (ART then draws its
+    own).
     """
     x = problem.x
     shape = (-1, *([1] * (x.dim() - 1)))
@@ -112,8 +113,8 @@ def seeded_start(problem: Problem, forward: Callable[[torch.Tensor], torch.Tenso
         def qualifies(predicted: torch.Tensor) -> torch.Tensor:
             return predicted == problem.target if problem.target is not None else predicted != own
 
-        for _ in range(_START_DRAWS):
-            noise = torch.rand(x.shape, generator=problem.generator, device=x.device)
+        for draw in range(_START_DRAWS):
+            noise = problem.keys.uniform(tuple(x.shape[1:]), stream="art/start", step=draw)
             noise = (problem.low + (problem.high - problem.low) * noise).to(x.dtype)
             new = qualifies(forward(noise).argmax(1)) & ~found
             start = torch.where(new.view(shape), noise, start)

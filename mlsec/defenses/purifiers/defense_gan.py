@@ -29,6 +29,7 @@ from torch import nn
 
 from mlsec.core.data import as_tensors
 from mlsec.core.fingerprint import fingerprint_tensors
+from mlsec.core.keyed import SampleKeys
 from mlsec.core.model import frozen
 from mlsec.core.progress import Tracker
 from mlsec.core.progress import progress as progress_bars
@@ -63,7 +64,8 @@ class DefenseGAN(Purifier):
         steps: gradient steps of the projection (L); at least 1.
         restarts: random starts per input (R), folded into one batch; at least 1.
         lr: Adam's step size on ``z``.
-        seed: seeds the random starts (and :meth:`fit`).
+        seed: seeds the random starts (and :meth:`fit`); with sample keys (an attack's), the
+            starts are drawn from a stream named after it, so two seeds draw differently.
         init: ``"random"`` (the paper) or ``"encoder"``: the first start is ``E(x)``.
         bpda: the surrogate whose gradient adaptive attacks use for the projection:
             ``"identity"`` (``G(z*) ≈ x``), ``"encoder"`` (``G(E(x))``, the encoder's
@@ -150,28 +152,71 @@ class DefenseGAN(Purifier):
         """``identity surrogate`` or ``encoder surrogate G(E(x))``."""
         return "encoder surrogate G(E(x))" if self._through_encoder() else "identity surrogate"
 
-    def purify(self, x: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-        """``G(z*)``: the best of R projections of ``x`` onto the generator's range."""
-        return self.project(x, seed=seed)[0]
+    def purify(
+        self,
+        x: torch.Tensor,
+        *,
+        seed: int | None = None,
+        keys: SampleKeys | None = None,
+        step: int = 0,
+    ) -> torch.Tensor:
+        """``G(z*)``: the best of R projections of ``x`` on the generator's range (``project``)."""
+        return self.project(x, seed=seed, keys=keys, step=step)[0]
+
+    def purify_keyed(self, x: torch.Tensor, keys: SampleKeys, *, step: int) -> torch.Tensor:
+        """``G(z*)`` with row ``r``'s random starts drawn from ``keys[r]`` at ``step``."""
+        return self.project(x, keys=keys, step=step)[0]
 
     def project(
-        self, x: torch.Tensor, *, seed: int | None = None, steps: int | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        seed: int | None = None,
+        steps: int | None = None,
+        keys: SampleKeys | None = None,
+        step: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(G(z*), z*)`` for ``x``; ``steps`` overrides L (to compare inits at equal cost)."""
+        """``(G(z*), z*)`` for ``x``; ``steps`` overrides L (to compare inits at equal cost).
+
+        Row ``r``'s R random starts are drawn from ``keys[r]`` (one key per row of ``x``, see
+        :mod:`mlsec.core.keyed`) at ``step``, in a stream named after ``seed`` (default: the
+        defense's own): so a sample's purification depends on its key, the step and the seed
+        only, never on the rest of the batch. Without ``keys`` row ``r`` is keyed as sample
+        ``r`` under ``seed`` (``SampleKeys.of(seed, arange(B))``) at step 0.
+        """
         generator = self.networks()["generator"]
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise InputError(f"DefenseGAN purifies [B, 1, 28, 28] images (got {tuple(x.shape)})")
+        z0 = self.starts(x, seed=seed, keys=keys, step=step)
+        return project(
+            generator, x, steps=steps or self.steps, restarts=self.restarts, lr=self.lr, z0=z0
+        )
+
+    def starts(
+        self,
+        x: torch.Tensor,
+        *,
+        seed: int | None = None,
+        keys: SampleKeys | None = None,
+        step: int = 0,
+    ) -> torch.Tensor:
+        """The projection's starts ``[R, B, latent]``: keyed normal draws, ``E(x)`` first if set."""
         seed = self.seed if seed is None else seed
-        draws = torch.Generator(device="cpu").manual_seed(seed)
-        z0 = torch.randn(self.restarts, x.shape[0], self.latent, generator=draws)
+        if keys is None:
+            keys = SampleKeys.of(seed, torch.arange(x.shape[0], device=x.device))
+        if len(keys) != x.shape[0]:
+            raise InputError(
+                f"{len(keys)} sample keys for a batch of {x.shape[0]}: give one key per row",
+                subject="keys",
+            )
+        draws = keys.normal((self.restarts, self.latent), stream=f"defense-gan/{seed}/z", step=step)
+        z0 = draws.transpose(0, 1).contiguous()
         if self.init == "encoder":
             if self.encoder is None:
                 raise InputError('init="encoder" needs a fitted encoder (fit with encoder_steps)')
             with torch.no_grad(), frozen(self.encoder) as encoder:
-                z0[0] = encoder(x.detach()).float().cpu()
-        return project(
-            generator, x, steps=steps or self.steps, restarts=self.restarts, lr=self.lr, z0=z0
-        )
+                z0[0] = encoder(x.detach()).float().to(z0.device)
+        return z0
 
     # --- training --------------------------------------------------------------------------------
 

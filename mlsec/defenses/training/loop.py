@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from torch import nn
 
 from mlsec.attacks.pgd import PGD
 from mlsec.core.progress import Stage, progress
@@ -43,41 +44,70 @@ class Trainer(RunState):
             return float(self.method.eps)
         return float(self.method.eps) * min(1.0, (step + 1) / ramp)
 
-    def train_epoch(self, stage: Stage) -> dict[str, Any]:
-        """One pass over the training data; the epoch's loss, accuracy, last eps and lr."""
-        config, method = self.config, self.method
-        total_steps = config.epochs * self.batches
+    def train_epoch(self, net: nn.Module, stage: Stage) -> dict[str, Any]:
+        """One pass over the training data; the epoch's loss, accuracy, last eps and lr.
+
+        ``net`` is the model that trains: ``self.model``, in DistributedDataParallel when the run
+        spans ranks. Every rank draws the same order and takes its share of each global batch.
+        """
+        config = self.config
         order = torch.randperm(self.x.shape[0], generator=self.shuffle).to(self.x.device)
         loss_sum = torch.zeros((), device=self.x.device)
         correct = torch.zeros((), device=self.x.device, dtype=torch.long)
-        eps = 0.0
-        lr = config.lr
         self.model.train()
         for batch in order.split(config.batch_size):
-            lr = config.lr * self.lr_at(self.step / total_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            eps = self.eps_at(self.step)
-            xb, yb = self.x[batch], self.y[batch]
-            seed = (config.seed * 1_000_003 + self.step) % (MAX_SEED + 1)
-            loss, logits = method.training_loss(self.model, xb, yb, eps=eps, seed=seed)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.detach() * yb.shape[0]
-            correct += (logits.detach().argmax(1) == yb).sum()
-            self.step += 1
+            loss, logits, index = self.train_step(net, batch)
+            if logits is not None:
+                loss_sum += loss.detach() * index.shape[0]
+                correct += (logits.detach().argmax(1) == self.y[index]).sum()
             stage.advance(1, note=f"epoch {self.epoch + 1}/{config.epochs}")
         n = self.x.shape[0]
+        total_loss, total_correct = self.ranks.sums([float(loss_sum), float(correct)])
+        self.ranks.sync_buffers(self.model)
         return {
-            "loss": float(loss_sum) / n,
-            "train_accuracy": int(correct) / n,
-            "eps": eps,
-            "lr": lr,
+            "loss": total_loss / n,
+            "train_accuracy": int(total_correct) / n,
+            "eps": self.eps_at(self.step - 1),
+            "lr": config.lr * self.lr_at((self.step - 1) / (config.epochs * self.batches)),
         }
 
+    def train_step(
+        self, net: nn.Module, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """One optimiser step on the global ``batch`` (positions in the training set).
+
+        Returns this rank's mean loss, its logits (``None`` for an empty share) and its share.
+        """
+        config = self.config
+        lr = config.lr * self.lr_at(self.step / (config.epochs * self.batches))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        index = self.ranks.share(batch)
+        xb, yb = self.x[index], self.y[index]
+        seed = (config.seed * 1_000_003 + self.step) % (MAX_SEED + 1)
+        logits: torch.Tensor | None = None
+        if index.shape[0]:
+            loss, logits = self.method.training_loss(
+                net, xb, yb, eps=self.eps_at(self.step), seed=seed, index=index, attacked=self.model
+            )
+        else:
+            # Nothing of this batch is ours, but the gradient average needs us: zeros.
+            loss = net(xb).sum() * 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ranks.parallel:
+            (loss * self.ranks.loss_scale(index.shape[0], batch.shape[0])).backward()
+        else:
+            loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss, logits, index
+
     def evaluate(self) -> tuple[float | None, float | None]:
-        """Held-out clean and PGD accuracy (``None`` without held-out data)."""
+        """Held-out clean and PGD accuracy (``None`` without held-out data).
+
+        Chunks of 500 go round-robin to the ranks; each sample's random start is keyed by its
+        position in the held-out set, so the counts do not depend on the number of ranks.
+        """
         if self.held is None:
             return None, None
         hx, hy = self.held
@@ -90,17 +120,24 @@ class Trainer(RunState):
         )
         self.model.eval()
         clean = robust = 0
-        for xb, yb in zip(hx.split(500), hy.split(500), strict=True):
-            result = monitor.run(self.model, xb, yb)
+        group = self.ranks.group
+        for start in range(500 * group.rank, hx.shape[0], 500 * group.world):
+            xb, yb = hx[start : start + 500], hy[start : start + 500]
+            index = torch.arange(start, start + xb.shape[0], device=xb.device)
+            result = monitor.run(self.model, xb, yb, index=index)
             with torch.no_grad():
                 clean += int((self.model(xb).argmax(1) == yb).sum())
             robust += int((~result.success).sum())
-        return clean / hx.shape[0], robust / hx.shape[0]
+        clean_total, robust_total = self.ranks.sums([clean, robust])
+        return clean_total / hx.shape[0], robust_total / hx.shape[0]
 
-    def run_epoch(self, stage: Stage) -> dict[str, Any]:
-        """Train and evaluate one epoch, track the best and a collapse, write the folder's files."""
+    def run_epoch(self, net: nn.Module, stage: Stage) -> dict[str, Any]:
+        """Train and evaluate one epoch, track the best and a collapse, write the folder's files.
+
+        Rank 0 alone writes; the other ranks keep the best weights in memory.
+        """
         start = time.perf_counter()
-        record = self.train_epoch(stage)
+        record = self.train_epoch(net, stage)
         clean, robust = self.evaluate()
         self.epoch += 1
         record = {
@@ -115,14 +152,14 @@ class Trainer(RunState):
             self.best_epoch is None or robust > self.history[self.best_epoch - 1]["robust_accuracy"]
         ):
             self.best_epoch = self.epoch
-            if self.folder is not None:
+            if self.folder is not None and self.ranks.is_main:
                 save_weights(self.model, self.folder / BEST, {"epoch": str(self.epoch)})
             else:
                 self.best_state = state_tensors(self.model)
         drop = getattr(self.method, "collapse_drop", None)
         if drop is not None and detect_collapse(self.history, drop=drop):
             self.collapsed = self.epoch
-        if self.folder is not None:
+        if self.folder is not None and self.ranks.is_main:
             self.save()
             with (self.folder / LOG).open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -131,9 +168,14 @@ class Trainer(RunState):
     def train(
         self, *, show: bool, console: Console | None, on_epoch: OnEpoch | None
     ) -> TrainingResult:
-        """Run the remaining epochs; the model ends in eval mode with the kept weights."""
+        """Run the remaining epochs; the model ends in eval mode with the kept weights.
+
+        Only rank 0 shows progress.
+        """
         console = console or Console(stderr=True)
         config = self.config
+        show = show and self.ranks.is_main
+        net = self.ranks.wrap(self.model)
         with progress(enabled=show, console=console, unit="batches", transient=True) as tracker:
             stage = tracker.stage(
                 f"{self.method.name} training",
@@ -141,15 +183,16 @@ class Trainer(RunState):
                 completed=self.epoch * self.batches,
             )
             while self.epoch < config.epochs and self.collapsed is None:
-                record = self.run_epoch(stage)
+                record = self.run_epoch(net, stage)
                 if show:
                     console.print(epoch_line(record, config.epochs), highlight=False)
                 if on_epoch is not None:
                     on_epoch(record)
             stage.finish()
+        del net  # DistributedDataParallel's hooks go with it
         kept = self.epoch
         if self.collapsed is not None or (config.keep == "best" and self.best_epoch is not None):
-            kept = self._restore_best()
+            kept = self.ranks.together(self._restore_best)
         if self.collapsed is not None:
             self._warn_collapse(kept, console if show else None)
         self.model.eval()
@@ -175,10 +218,10 @@ class Trainer(RunState):
 
     def _restore_best(self) -> int:
         assert self.best_epoch is not None
-        if self.folder is None:
-            assert self.best_state is not None
+        if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
             return self.best_epoch
+        assert self.folder is not None
         path = self.folder / BEST
         advice = "the best epoch's weights are lost: train again in another folder"
         weights, metadata = read_safetensors(path, "cannot read", advice)

@@ -66,11 +66,31 @@ class AdversarialTraining(Defense):
 
     @abc.abstractmethod
     def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        seed: int,
+        index: torch.Tensor | None = None,
+        attacked: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss to minimise and the logits whose accuracy the log reports.
+        """The batch's mean loss to minimise and the logits whose accuracy the log reports.
 
-        ``model`` is in train mode; attacks put it in eval mode for their own duration.
+        Args:
+            model: the classifier that trains, in train mode (in a run over several ranks, its
+                DistributedDataParallel wrapper: every forward through it takes part in the
+                gradient average).
+            x: the batch.
+            y: its labels.
+            eps: the training budget at this step.
+            seed: the inner attack's seed at this step.
+            index: the samples' positions in the training set, which key the attack's random
+                draws (default ``0 .. B-1``).
+            attacked: the model the inner attack crafts against (the module the wrapper holds);
+                default ``model``. Attacks put it in eval mode for their own duration.
+
         """
 
     def _pgd(self, eps: float, steps: int, step_size: float | None, seed: int, **kw: Any) -> PGD:
@@ -104,6 +124,13 @@ class AdversarialTraining(Defense):
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> TrainingResult:
         """Train ``model`` in place on ``data``.
+
+        Inside an initialised process group (``torchrun``, or
+        ``torch.distributed.init_process_group``) every rank calls ``fit`` with the same
+        arguments: the model trains in DistributedDataParallel, each rank crafting the examples of
+        its share of every global batch of ``config.batch_size``, and ends with the weights one
+        process would reach (:mod:`~mlsec.defenses.training.ranks`). Rank 0 alone writes the
+        folder and shows progress; ranks given different settings, data or models are refused.
 
         Args:
             data: training data: an ``(x, y)`` pair, a Dataset or a DataLoader.
@@ -146,6 +173,7 @@ class AdversarialTraining(Defense):
             )
         path = None if folder is None else Path(folder)
         trainer = Trainer(self, model, config, params, x, y, held, path)
+        trainer.agree()
         if path is not None:
             trainer.prepare_folder(resume)
         elif resume:
@@ -174,11 +202,24 @@ class StandardTraining(AdversarialTraining):
     name: ClassVar[str] = "standard"
 
     def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        seed: int,
+        index: torch.Tensor | None = None,
+        attacked: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on the clean batch."""
         logits = model(x)
         return F.cross_entropy(logits, y), logits
+
+
+def _target(model: nn.Module, attacked: nn.Module | None) -> nn.Module:
+    """The model an inner attack crafts against: ``attacked``, else the trained model itself."""
+    return model if attacked is None else attacked
 
 
 def _check_steps(steps: object, step_size: object) -> None:
@@ -218,11 +259,20 @@ class PGDAdversarialTraining(AdversarialTraining):
         _check_steps(self.steps, self.step_size)
 
     def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        seed: int,
+        index: torch.Tensor | None = None,
+        attacked: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on PGD's last iterate."""
         step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
-        x_adv = examples_for_checked_data(self._pgd(eps, self.steps, step_size, seed), model, x, y)
+        attack = self._pgd(eps, self.steps, step_size, seed)
+        x_adv = examples_for_checked_data(attack, _target(model, attacked), x, y, index)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -256,11 +306,20 @@ class FastAdversarialTraining(AdversarialTraining):
             raise InputError(f"collapse_drop must lie in (0, 1) (got {self.collapse_drop!r})")
 
     def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        seed: int,
+        index: torch.Tensor | None = None,
+        attacked: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy on the FGSM step from a random start."""
         alpha = self.alpha if self.alpha is not None else 1.25 * eps
-        x_adv = examples_for_checked_data(self._pgd(eps, 1, alpha, seed), model, x, y)
+        attack = self._pgd(eps, 1, alpha, seed)
+        x_adv = examples_for_checked_data(attack, _target(model, attacked), x, y, index)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
@@ -292,12 +351,20 @@ class TRADES(AdversarialTraining):
         _check_steps(self.steps, self.step_size)
 
     def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        seed: int,
+        index: torch.Tensor | None = None,
+        attacked: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean cross-entropy plus ``beta`` times KL(p(x) || p(x_adv)), batch mean."""
         step_size = self.step_size if self.step_size is not None else 2.5 * eps / self.steps
         attack = self._pgd(eps, self.steps, step_size, seed, loss="kl")
-        x_adv = examples_for_checked_data(attack, model, x, y)
+        x_adv = examples_for_checked_data(attack, _target(model, attacked), x, y, index)
         logits = model(x)
         logits_adv = model(x_adv)
         robust = F.kl_div(

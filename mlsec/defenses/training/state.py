@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from mlsec.core import distributed
 from mlsec.core.files import write_atomic
 from mlsec.core.fingerprint import fingerprint_tensors
 from mlsec.core.threat import Norm
@@ -36,6 +37,7 @@ from mlsec.defenses.checkpoints import (
     rng_problem,
 )
 from mlsec.defenses.training.config import TrainConfig, parse_schedule
+from mlsec.defenses.training.ranks import Ranks
 from mlsec.defenses.weights import META_KEY, state_problem, state_tensors
 from mlsec.errors import InputError
 
@@ -65,9 +67,17 @@ class TrainingMethod(Protocol):
         """The hyperparameters, recorded in the checkpoint."""
 
     def training_loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        seed: int,
+        index: torch.Tensor | None = None,
+        attacked: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's loss and the logits whose accuracy the log reports."""
+        """The batch's mean loss and the logits whose accuracy the log reports."""
 
 
 Progress = tuple[int, int, int | None, int | None, list[dict[str, Any]]]
@@ -111,6 +121,7 @@ class RunState:
     best_epoch: int | None = None
     collapsed: int | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    ranks: Ranks = field(default_factory=Ranks)
     optimizer: torch.optim.Optimizer = field(init=False)
     shuffle: torch.Generator = field(init=False)
 
@@ -144,17 +155,35 @@ class RunState:
             data["held-out data"] = fingerprint_tensors(*self.held)
         return data
 
+    def agree(self) -> None:
+        """Refuse, on every rank, a run whose ranks hold different settings, data or models."""
+        shapes = [[name, list(p.shape)] for name, p in self.model.named_parameters()]
+        distributed.agree(
+            self.ranks.group, "training settings, data or models", [self.settings(), shapes]
+        )
+
     def prepare_folder(self, resume: bool) -> None:
-        """Check the folder; restore its checkpoint if ``resume``, else start a fresh log."""
-        assert isinstance(self.folder, Path)
-        check_folder(self.folder, resume=resume)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Check the folder; restore its checkpoint if ``resume``, else start a fresh log.
+
+        Rank 0 alone writes; every rank restores the checkpoint (the folder must be one that
+        every rank sees). An error on any rank stops all of them.
+        """
+        folder = self.folder
+        assert isinstance(folder, Path)
+        self.ranks.on_main(lambda: self._create_folder(folder, resume))
         if not resume:
-            (self.folder / LOG).unlink(missing_ok=True)
             return
-        self.restore(self.folder / CHECKPOINT)
+        self.ranks.together(lambda: self.restore(folder / CHECKPOINT))
         # The log may have run ahead of the checkpoint when the run was killed: rewrite it.
-        write_atomic(self.folder / LOG, "".join(json.dumps(r) + "\n" for r in self.history))
+        log = "".join(json.dumps(r) + "\n" for r in self.history)
+        self.ranks.on_main(lambda: write_atomic(folder / LOG, log))
+
+    @staticmethod
+    def _create_folder(folder: Path, resume: bool) -> None:
+        check_folder(folder, resume=resume)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (folder / LOG).unlink(missing_ok=True)
 
     # -- checkpoints
 
