@@ -159,7 +159,7 @@ def test_a_samples_result_does_not_depend_on_its_batch(
     ("index", "message"),
     [
         (torch.arange(8).float(), "integer tensor"),
-        (torch.arange(7), "shape [8]"),
+        (torch.arange(7), r"shape \[8\]"),
         (torch.arange(8) - 1, ">= 0"),
     ],
 )

@@ -148,3 +148,116 @@ def test_resume_with_another_process_count(single: dict[str, Any], tmp_path: Pat
             stage = seen.setdefault(record["stage"], set())
             assert not stage & set(record["indices"])
             stage.update(record["indices"])
+
+
+# --- the command line under torchrun --------------------------------------------------------
+
+
+def _torchrun(world: int, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Any:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={world}",
+        f"--master-port={_free_port()}",
+        "-m",
+        "mlsec",
+        *args,
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600
+    )
+
+
+def _numbers(path: Path) -> Any:
+    report = json.loads(path.read_text())
+    return {
+        "clean": report["clean_accuracy"],
+        "rows": [(r["attack"], r["eps"], r["robust_accuracy"]) for r in report["results"]],
+        "worst": report["worst_case"],
+    }
+
+
+def test_torchrun_audit_writes_the_single_process_report_once(tmp_path: Path) -> None:
+    args = ["audit", "--model", "mnist-cnn", "--limit", "40", "--steps", "5", "-q"]
+    single = subprocess.run(
+        [sys.executable, "-m", "mlsec", *args, "--json", "single.json"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr
+    done = _torchrun(2, [*args, "--json", "ranks.json"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _numbers(tmp_path / "ranks.json") == _numbers(tmp_path / "single.json")
+    # Rank 0 alone prints: one summary line, as the single process prints.
+    assert done.stdout.splitlines() == single.stdout.splitlines()
+
+
+def test_ranks_given_different_data_stop_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "rankdata.py").write_text(
+        "import os\n"
+        "import mlsec\n"
+        "def data():\n"
+        "    x, y = mlsec.datasets.mnist_sample()\n"
+        "    start = 10 * int(os.environ['RANK'])\n"
+        "    return x[start:start + 30], y[start:start + 30]\n"
+    )
+    done = _torchrun(
+        2, ["audit", "--model", "mnist-cnn", "--data", "rankdata:data", "-q"], tmp_path
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mlsec:")]
+    assert errors == [
+        "mlsec: the ranks were given different settings or data (rank 1 differs from rank 0); "
+        "start every rank with the same command and files"
+    ], done.stderr[-2000:]
+    # Every rank exits 2 (bad input); torchrun reports each worker's code and fails the job.
+    assert done.returncode != 0
+    assert done.stderr.count("exitcode  : 2") == 2
+
+
+def test_a_killed_rank_leaves_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None:
+    (tmp_path / "killer.py").write_text(
+        "import os, signal\n"
+        "import torch\n"
+        "import mlsec\n"
+        "class Dying(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.inner = mlsec.zoo.load('mnist-cnn')\n"
+        "        self.calls = 0\n"
+        "    def forward(self, x):\n"
+        "        self.calls += 1\n"
+        "        if os.environ.get('RANK') == '1' and self.calls == int(os.environ['DIE_AT']):\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        return self.inner(x)\n"
+        "def model():\n"
+        "    return Dying().eval()\n"
+    )
+    args = ["audit", "--model", "killer:model", "--limit", "60", "--steps", "5"]
+    args += ["--batch-size", "10", "--checkpoint", "ck", "-q", "--json", "report.json"]
+    done = _torchrun(2, args, tmp_path, env={"DIE_AT": "12"})
+    assert done.returncode != 0
+    assert "exitcode  : -9" in done.stderr  # rank 1, killed
+    assert not (tmp_path / "report.json").exists()  # no partial numbers as a report
+    recorded = (tmp_path / "ck" / "batches.jsonl").read_bytes().splitlines()
+    recorded += (tmp_path / "ck" / "batches.1.jsonl").read_bytes().splitlines()
+    assert recorded  # finished batches were kept
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "DIE_AT": "0"}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mlsec", *args],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    fresh = [a if a != "ck" else "fresh" for a in args[:-1]] + ["fresh.json"]
+    subprocess.run(
+        [sys.executable, "-m", "mlsec", *fresh], cwd=tmp_path, env=environment, check=True
+    )
+    assert _numbers(tmp_path / "report.json") == _numbers(tmp_path / "fresh.json")

@@ -95,7 +95,7 @@ def test_l2_square_matches_torchattacks(mnist: Data, cnn: nn.Module) -> None:
 
 
 def test_restarts_never_lose_what_one_start_finds(mnist: Data) -> None:
-    # Restart 0 replays the single search (same generator stream); later restarts only add.
+    # Restart 0 replays the single search (the same sample keys); later restarts only add.
     x, y = mnist[0][:100], mnist[1][:100]
     robust = mlsec.zoo.load("mnist-cnn-pgd")
     one = Square(eps=0.3, queries=100).run(robust, x, y)

@@ -34,7 +34,7 @@ from mlsec.auditing.plan import Plan
 from mlsec.auditing.report import AttackOutcome
 from mlsec.auditing.resume import BatchRecord, Checkpoint
 from mlsec.core.data import Samples, batches
-from mlsec.core.distributed import Group, all_gather
+from mlsec.core.distributed import Group, gather_results
 from mlsec.core.progress import Tracker
 from mlsec.errors import InputError
 
@@ -95,27 +95,32 @@ class Runner:
         mine = left[self.group.rank :: self.group.world]
         # Rank 0 shows the job's progress as its own share's (the shares are dealt evenly).
         scale = len(left) / max(len(mine), 1)
-        broken: list[list[int]] = [[] for _ in range(judges)]
-        done = shown = 0
-        seconds = 0.0
         pin = self.device.type == "cuda"
-        for batch in batches(
-            self.samples, mine, self.batch_size, workers=self.workers, pin_memory=pin
-        ):
-            record = self._strike(batch.index, batch.x, batch.y, strike)
-            for found, listed in zip(
-                broken, [record.broken, *(record.also_broken or [])], strict=True
+
+        def work() -> tuple[list[list[int]], float]:
+            broken: list[list[int]] = [[] for _ in range(judges)]
+            done = shown = 0
+            seconds = 0.0
+            for batch in batches(
+                self.samples, mine, self.batch_size, workers=self.workers, pin_memory=pin
             ):
-                found.extend(listed)
-            seconds += record.seconds
-            done += len(record.indices)
-            now = min(round(done * scale), len(left))
-            progress.advance(now - shown)
-            shown = now
-        for share in all_gather(self.group, (broken, seconds)):
-            for mask, listed in zip(masks, share[0], strict=True):
+                record = self._strike(batch.index, batch.x, batch.y, strike)
+                for found, listed in zip(
+                    broken, [record.broken, *(record.also_broken or [])], strict=True
+                ):
+                    found.extend(listed)
+                seconds += record.seconds
+                done += len(record.indices)
+                now = min(round(done * scale), len(left))
+                progress.advance(now - shown)
+                shown = now
+            return broken, seconds
+
+        # An InputError on one rank (unreadable data, NaN logits) stops every rank at once.
+        for broken, seconds in gather_results(self.group, work):
+            for mask, listed in zip(masks, broken, strict=True):
                 mask[torch.tensor(listed, dtype=torch.long)] = True
-            recorded_seconds += share[1]
+            recorded_seconds += seconds
         progress.finish()
         self.stage += 1
         return StageResult(broken=masks, attacked=attacked, seconds=recorded_seconds)

@@ -70,8 +70,17 @@ def launched() -> bool:
 
 
 def current() -> Group:
-    """The initialised default process group, else the single process."""
+    """The initialised default process group, else the single process.
+
+    Launched by ``torchrun`` but not yet joined, the ranks the environment names (so that only
+    rank 0 reports an error found before :func:`start`).
+    """
     if not (dist.is_available() and dist.is_initialized()):
+        if launched():
+            try:
+                return Group(_env_int("RANK"), _env_int("WORLD_SIZE"), _env_int("LOCAL_RANK"))
+            except InputError:
+                return Group()
         return Group()
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     return Group(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
@@ -185,8 +194,8 @@ def gather_results(group: Group, work: Callable[[], Any]) -> list[Any]:
     """
     try:
         mine: tuple[Any, InputError | None] = (work(), None)
-    except InputError as error:
-        mine = (None, error)
+    except InputError as raised:
+        mine = (None, raised)
     shares = all_gather(group, mine)
     for _, error in shares:
         if error is not None:
