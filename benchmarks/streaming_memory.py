@@ -9,7 +9,8 @@ Usage (from the repository root, with mlsec installed)::
 It writes N random 3x64x64 PNG images into 10 class folders of a temporary folder (the largest
 size once; each smaller size is a folder of hard links to its first images), then for each size
 runs, in a fresh Python process, ``mlsec.io.load_data(folder)`` and ``mlsec.audit(model,
-samples, attacks=["fgsm"], eps=[0.03], sanity_checks=False)`` with a small seeded 3x64x64 CNN.
+samples, attacks=["fgsm"], eps=[0.03], sanity_checks=False, survivors=False)`` (every sample
+attacked, so both sizes attack full batches) with a small seeded 3x64x64 CNN.
 The child reports its peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, and
 that of its DataLoader workers, ``RUSAGE_CHILDREN``). The issue's target: the largest size uses
 at most 150 MB more than the smallest. Timing is not measured here.
@@ -82,6 +83,10 @@ def child(folder: str, batch_size: int, workers: int) -> None:
         attacks=["fgsm"],
         eps=[0.03],
         sanity_checks=False,
+        # Every sample attacked, so both sizes run full batches through the attack (with the
+        # survivors only, the small set would attack fewer, smaller batches, and its peak would
+        # be lower for that reason alone, not for holding less data).
+        survivors=False,
         batch_size=batch_size,
         workers=workers,
     )

@@ -119,12 +119,17 @@ def test_apgd_variants_against_pgd_on_the_standard_model(mnist: Data, cnn: torch
 
 
 def test_a_user_target_is_aimed_at(mnist: Data, cnn: torch.nn.Module) -> None:
-    # Measured on these 64: APGD-T 85.9% on target, targeted PGD-30 (cross-entropy) 90.6%.
+    # Measured on these 64 with seeds 0, 1, 2: APGD-T 84.4%, 87.5%, 85.9% on target (mean
+    # 85.9%), targeted PGD-30 (cross-entropy) 90.6% with each. One seed's number moves by a
+    # sample or two with the random start, so the comparison takes the mean of three.
     x, y = mnist[0][:64], mnist[1][:64]
     target = (y + 1) % 10
-    result = APGDT(eps=0.3, steps=30).run(cnn, x, y, target=target)
-    hit = result.logits.argmax(1) == target
-    assert bool(torch.equal(hit, result.success))
+    rates = []
+    for seed in (0, 1, 2):
+        result = APGDT(eps=0.3, steps=30, seed=seed).run(cnn, x, y, target=target)
+        hit = result.logits.argmax(1) == target
+        assert bool(torch.equal(hit, result.success))
+        assert float(hit.float().mean()) > 0.7
+        rates.append(float(hit.float().mean()))
     pgd = PGD(eps=0.3, steps=30).run(cnn, x, y, target=target).success
-    assert float(hit.float().mean()) > 0.7
-    assert float(hit.float().mean()) >= float(pgd.float().mean()) - 0.05
+    assert sum(rates) / 3 >= float(pgd.float().mean()) - 0.05

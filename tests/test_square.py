@@ -95,14 +95,27 @@ def test_l2_square_matches_torchattacks(mnist: Data, cnn: nn.Module) -> None:
 
 
 def test_restarts_never_lose_what_one_start_finds(mnist: Data) -> None:
-    # Restart 0 replays the single search (the same sample keys); later restarts only add.
+    # Restart 0 replays the single search (the same sample keys); later restarts, from their own
+    # keys, only add: no success lost, and the margin (true logit minus the best other) is kept
+    # at its lowest, so it falls below the one start's wherever a restart searched better.
+    # Measured (seed 0): 4 of these broken with one start and with three, and a lower margin
+    # for 73% of the 96 left (with seeds 1 and 2, 4 and then 5 broken).
     x, y = mnist[0][:100], mnist[1][:100]
     robust = mlsec.zoo.load("mnist-cnn-pgd")
     one = Square(eps=0.3, queries=100).run(robust, x, y)
     three = Square(eps=0.3, queries=100, restarts=3).run(robust, x, y)
     assert not bool((one.success & ~three.success).any())
-    assert int(three.success.sum()) > int(one.success.sum())
     assert three.queries == 300
+
+    def margin(logits: torch.Tensor) -> torch.Tensor:
+        own = logits.gather(1, y[:, None]).squeeze(1)
+        return own - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+    standing = ~one.success
+    assert bool((margin(three.logits) <= margin(one.logits) + 1e-4)[standing].all())
+    lower = margin(three.logits) < margin(one.logits) - 1e-3
+    # Two more independent searches beat the first for a fair share of the samples it left.
+    assert float(lower[standing].float().mean()) > 0.25
 
 
 def test_square_bump_is_the_papers_pattern() -> None:

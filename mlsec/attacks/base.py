@@ -155,6 +155,9 @@ class Attack(abc.ABC):
     gradient_free: ClassVar[bool] = False
     # Takes parameters beyond its dataclass fields and validates them itself (the ART attacks).
     open_params: ClassVar[bool] = False
+    # Every random draw is keyed by (seed, sample index, restart) (mlsec.core.keyed), so a
+    # sample's result does not depend on its batch; False where a peer draws for the batch (ART).
+    sample_keyed: ClassVar[bool] = True
 
     eps: float
     norm: Norm = "linf"

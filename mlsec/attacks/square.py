@@ -12,6 +12,11 @@ Each iteration proposes, for every sample still standing, a change confined to a
 It reads only the model's scores, so it is blind to gradient masking: a black-box check on the
 white-box attacks. Samples that succeed leave the batch (checked every ``_COMPACT`` iterations).
 
+Every draw is a sample's own (:mod:`mlsec.core.keyed`: seed, index, restart, iteration), so a
+sample's search does not depend on its batch. The reference implementation shares the l2
+proposal's two windows and the bump's orientation across the batch; here each sample draws its
+own.
+
 References:
     M. Andriushchenko, F. Croce, N. Flammarion, M. Hein. Square Attack: a query-efficient
     black-box adversarial attack via random search. ECCV 2020. arXiv:1912.00049.
