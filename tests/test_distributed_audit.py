@@ -261,3 +261,23 @@ def test_a_killed_rank_leaves_a_checkpoint_that_resumes_exactly(tmp_path: Path) 
         [sys.executable, "-m", "mlsec", *fresh], cwd=tmp_path, env=environment, check=True
     )
     assert _numbers(tmp_path / "report.json") == _numbers(tmp_path / "fresh.json")
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 500])
+@pytest.mark.parametrize("survivors", [True, False])
+def test_batch_size_and_survivors_change_no_sample(
+    batch_size: int, survivors: bool, single: dict[str, Any]
+) -> None:
+    x, y = mlsec.datasets.mnist_sample()
+    model = mlsec.zoo.load("mnist-cnn-pgd")
+    for name, expected in single.items():
+        report = mlsec.audit(
+            model,
+            (x[:N], y[:N]),
+            batch_size=batch_size,
+            survivors=survivors,
+            sanity_checks=False,
+            examples=0,
+            **_suites()[name],
+        )
+        assert _masks(report) == expected["masks"], name

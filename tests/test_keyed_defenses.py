@@ -68,9 +68,10 @@ def test_a_samples_purification_ignores_the_rest_of_its_batch(
     big = defense.purify(x, keys=SampleKeys.of(4, index), step=2)
     rows = torch.tensor([5, 0, 17])
     small = defense.purify(x[rows], keys=SampleKeys.of(4, index[rows]), step=2)
-    # Bit-identical: the starts are a pure function of the key, and the projection (Adam is
-    # elementwise, the generator is in eval mode) couples no rows.
-    assert torch.equal(big[rows], small)
+    # The same: the starts are a pure function of the key, and the projection (Adam is
+    # elementwise, the generator is in eval mode) couples no rows. Not always to the last bit:
+    # with several threads a CPU kernel may split a batch of 3 and one of 20 differently.
+    torch.testing.assert_close(big[rows], small, rtol=0, atol=1e-6)
     # The draws move with the step, the key and the defense's own seed.
     other_step = defense.purify(x[rows], keys=SampleKeys.of(4, index[rows]), step=3)
     other_key = defense.purify(x[rows], keys=SampleKeys.of(5, index[rows]), step=2)
@@ -86,7 +87,7 @@ def test_the_seed_path_keys_row_r_as_sample_r(make: Callable[..., DefenseGAN]) -
     assert torch.equal(plain, defense.purify(x, keys=SampleKeys.of(6, torch.arange(4))))
     assert torch.equal(plain, defense.purify(x, seed=6))
     # Row r keyed as sample r: the first rows purify alone as they do in the batch.
-    assert torch.equal(plain[:2], defense.purify(x[:2]))
+    torch.testing.assert_close(plain[:2], defense.purify(x[:2]), rtol=0, atol=1e-6)
     assert not torch.equal(plain, defense.purify(x, seed=7))
 
 
@@ -181,6 +182,17 @@ def test_eot_repetitions_draw_different_starts(
 def test_eot_over_defense_gan_gives_a_sample_the_same_example_at_any_batch_size(
     mnist: Data, cnn: nn.Module, make: Callable[..., DefenseGAN]
 ) -> None:
+    # One thread: the property is about the randomness; with several threads a CPU kernel may
+    # round a batch of 2 and one of 9 differently, and PGD's sign steps can amplify the last bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _eot_same_example(mnist, cnn, make)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eot_same_example(mnist: Data, cnn: nn.Module, make: Callable[..., DefenseGAN]) -> None:
     x, y = mnist[0][:9], mnist[1][:9]
     index = torch.arange(300, 309)
     attack = EOT(attack=PGD(eps=0.2, steps=3), samples=4)

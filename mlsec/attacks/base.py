@@ -22,7 +22,7 @@ from mlsec.attacks.steps import success_mask
 from mlsec.core import model as _model
 from mlsec.core.keyed import SampleKeys, drawing_for
 from mlsec.core.threat import Geometry, Norm, Region, ThreatModel, geometry
-from mlsec.core.validation import check_batch, check_labels, check_seed
+from mlsec.core.validation import check_batch, check_index, check_labels, check_seed
 from mlsec.errors import InputError
 
 __all__ = ["Attack", "AttackResult", "Perturbation", "Problem", "examples_for_checked_data"]
@@ -288,7 +288,7 @@ class Attack(abc.ABC):
     ) -> AttackResult:
         if not checked:
             check_batch(model, x, y, target, self.bounds)
-            _check_index(index, x.shape[0])
+            check_index(index, x.shape[0])
         if index is None:
             index = torch.arange(x.shape[0], device=x.device)
         model_dtype = _model.compute_dtype(model, x)
@@ -367,27 +367,6 @@ def examples_for_checked_data(
     success (the adversarial trainers want only the examples).
     """
     return attack._execute(model, x, y, None, index, want_result=False, checked=True).x_adv
-
-
-def _check_index(index: torch.Tensor | None, batch: int) -> None:
-    """Raise :class:`InputError` unless ``index`` is ``None`` or integer ``[batch]``, >= 0."""
-    if index is None:
-        return
-    if (
-        not isinstance(index, torch.Tensor)
-        or index.dtype.is_floating_point
-        or index.dtype
-        in (
-            torch.bool,
-            torch.complex64,
-            torch.complex128,
-        )
-    ):
-        raise InputError("index must be an integer tensor of sample positions")
-    if tuple(index.shape) != (batch,):
-        raise InputError(f"index must have shape [{batch}] (got {tuple(index.shape)})")
-    if batch and int(index.min()) < 0:
-        raise InputError("index must hold positions >= 0")
 
 
 def _fit_dtype(x: torch.Tensor, x_adv: torch.Tensor, problem: Problem) -> torch.Tensor:

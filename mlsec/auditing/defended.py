@@ -232,28 +232,16 @@ def evaluate_defense(
         columns, digest = _clean(setup, model, defended, samples, tracker, group, workers)
         fingerprint = _fingerprint(setup, defense, model, defended, digest)
         agree(group, "models or defenses", fingerprint)
-        store = open_store(
-            checkpoint,
-            fingerprint,
-            samples=len(samples),
-            console=console,
-            announce=progress and group.is_main,
-            group=group,
-        )
+        announce = progress and group.is_main
+        store = open_store(checkpoint, fingerprint, samples=len(samples), console=console,
+                           announce=announce, group=group)  # fmt: skip
         device = _model.device_of(model)
         runner = Runner(samples, batch_size, device, tracker, store, group, workers)
         _run(setup, runner, model, defended, columns)
     settings = _settings(setup, defense, steps, seed)
-    report = column_reports(
-        columns,
-        setup.plan,
-        defense_name or defense.name,
-        defense.params(),
-        model_name,
-        data_name,
-        settings,
-        purifier=defense.name,
-    )
+    names = (defense_name or defense.name, model_name, data_name)
+    report = column_reports(columns, setup.plan, names[0], defense.params(), *names[1:],
+                            settings, purifier=defense.name)  # fmt: skip
     report.seconds = round(time.perf_counter() - start, 1)
     shared: DefenseReport = broadcast(group, report if group.is_main else None)
     return shared

@@ -5,12 +5,18 @@ thresholds once; :mod:`~mlsec.auditing.clean` checks the data once and runs the 
 :mod:`~mlsec.auditing.chain` runs the survivors chain with the resume store; the sanity checks
 (:mod:`~mlsec.auditing.checks`) and examples (:mod:`~mlsec.auditing.examples`) follow, and
 everything lands in an :class:`~mlsec.auditing.report.AuditReport`.
+
+Inside an initialised process group (``torchrun``, see :mod:`mlsec.core.distributed`) every rank
+calls :func:`audit` with the same arguments: the samples are split across the ranks, no sample
+attacked twice, and every rank returns the same report, equal to a single process's. Rank 0 alone
+draws progress and runs the sanity checks and examples.
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +128,8 @@ def audit(
 
     Args:
         model: the classifier, returning logits; left in the mode it was given in.
-        data: ``(x, y)`` (inputs within the bounds and integer labels), a map-style
-            ``Dataset`` or ``DataLoader`` (read by index, batch by batch, never whole), or a
-            :class:`~mlsec.core.data.Samples` (what :func:`mlsec.io.data.load_data` returns).
+        data: ``(x, y)`` (inputs within the bounds, integer labels), a map-style ``Dataset`` or
+            ``DataLoader``, or a :class:`~mlsec.core.data.Samples`; read batch by batch.
         suite: a :class:`~mlsec.auditing.suite.Suite`, a built-in suite name (``default``,
             ``quick``, ``standard``, ``thorough``) or a TOML file; default ``default``.
         attacks: instead of a suite, attacks or registered names, chained in this order.
@@ -146,13 +151,8 @@ def audit(
         data_classes: an image folder's class name → label map, recorded in ``config``.
 
     Returns:
-        An :class:`AuditReport`; its ``strength_note`` says when the suite is weaker than
-        ``standard`` (see :mod:`mlsec.auditing.plan`).
-
-    Inside an initialised process group (``torchrun``, see :mod:`mlsec.core.distributed`) every
-    rank calls ``audit`` with the same arguments: the samples are split across the ranks, no
-    sample attacked twice, and every rank returns the same report, equal to a single process's.
-    Rank 0 alone draws progress and runs the sanity checks and examples.
+        An :class:`AuditReport` (every rank gets rank 0's in a ``torchrun`` job; see the module's
+        notes); its ``strength_note`` says when the suite is weaker than ``standard``.
 
     Example:
         >>> import mlsec
@@ -163,52 +163,64 @@ def audit(
         True
 
     """
-    plan = make_plan(
-        resolve_suite(suite, attacks, eps, norm, bounds),
-        thresholds=thresholds,
-        batch_size=batch_size,
-        survivors=survivors,
-    )
-    samples = as_samples(data)
-    group = current()
+    resolved = resolve_suite(suite, attacks, eps, norm, bounds)
+    plan = make_plan(resolved, thresholds=thresholds, batch_size=batch_size, survivors=survivors)
+    samples, group = as_samples(data), current()
     agree(group, "settings or data", [plan.suite.to_config(), _data_probe(samples)])
-    was_training = any(module.training for module in model.modules())
-    device = _model.device_of(model)
     main = group.is_main
     with progress_bars(enabled=progress and main, console=console) as tracker:
-        clean = clean_pass(
-            model,
-            samples,
-            bounds=plan.suite.bounds,
-            batch_size=batch_size,
-            tracker=tracker,
-            group=group,
-            workers=workers,
-            name=model_name,
-        )
-        fingerprint = _fingerprint(model, clean.digest, plan)
-        agree(group, "models", fingerprint)
-        store = open_store(
-            checkpoint,
-            fingerprint,
-            samples=len(samples),
-            console=console,
-            announce=progress and main,
-            group=group,
-        )
-        runner = Runner(samples, batch_size, device, tracker, store, group, workers)
-        chain = run_chain(runner, model, plan, clean.correct)
-        warnings = []
-        if sanity_checks and main:
-            warnings = _sanity(model, samples, clean, plan, tracker, was_training)
+        job = _Job(model, samples, plan, tracker, group, workers, model_name)
+        clean, chain = _measure(job, checkpoint, console, announce=progress and main)
+        warnings = _sanity(model, samples, clean, plan, tracker) if sanity_checks and main else []
     extra = {} if data_classes is None else {"data_classes": dict(data_classes)}
     config = plan.config(sanity_checks=sanity_checks, **extra)
     names = (model_name, data_name)
-    report = None
-    if main:
-        report = _report(model, samples, plan, clean, chain, warnings, examples, names, config)
-    shared: AuditReport = broadcast(group, report)
+    report = main and _report(model, samples, plan, clean, chain, warnings, examples, names, config)
+    shared: AuditReport = broadcast(group, report or None)  # every rank gets rank 0's report
     return shared
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the clean pass and the chain share: the model, the data, the plan, the ranks."""
+
+    model: nn.Module
+    samples: Samples
+    plan: Plan
+    tracker: Tracker
+    group: Group
+    workers: int
+    name: str
+
+
+def _measure(
+    job: _Job, checkpoint: str | Path | None, console: Console | None, *, announce: bool
+) -> tuple[CleanPass, ChainResult]:
+    """The clean pass, then (the ranks agreeing on the model) the resumable survivors chain."""
+    plan, samples = job.plan, job.samples
+    clean = clean_pass(
+        job.model,
+        samples,
+        bounds=plan.suite.bounds,
+        batch_size=plan.batch_size,
+        tracker=job.tracker,
+        group=job.group,
+        workers=job.workers,
+        name=job.name,
+    )
+    fingerprint = _fingerprint(job.model, clean.digest, plan)
+    agree(job.group, "models", fingerprint)
+    store = open_store(
+        checkpoint,
+        fingerprint,
+        samples=len(samples),
+        console=console,
+        announce=announce,
+        group=job.group,
+    )
+    device = _model.device_of(job.model)
+    runner = Runner(samples, plan.batch_size, device, job.tracker, store, job.group, job.workers)
+    return clean, run_chain(runner, job.model, plan, clean.correct)
 
 
 def _data_probe(samples: Samples) -> list[Any]:
@@ -234,13 +246,10 @@ def _fingerprint(model: nn.Module, data: str, plan: Plan) -> dict[str, Any]:
 
 
 def _sanity(
-    model: nn.Module,
-    samples: Samples,
-    clean: CleanPass,
-    plan: Plan,
-    tracker: Tracker,
-    was_training: bool,
+    model: nn.Module, samples: Samples, clean: CleanPass, plan: Plan, tracker: Tracker
 ) -> list[str]:
+    # The audit restores the modes it changes, so the model is in the mode it was handed in.
+    was_training = any(module.training for module in model.modules())
     stage = tracker.stage("sanity checks", total=None)
     x, y = samples.get(range(min(len(samples), HEAD)))
     warnings = checks.model_checks(model, x, y, clean.logits, was_training=was_training)

@@ -168,3 +168,18 @@ def _quoted(name: str) -> str:
     return (
         name if name == "the model" else f"the model {name if name.isprintable() else repr(name)}"
     )
+
+
+def check_index(index: torch.Tensor | None, batch: int) -> None:
+    """Raise :class:`InputError` unless ``index`` is ``None`` or integer ``[batch]``, >= 0."""
+    if index is None:
+        return
+    integer = isinstance(index, torch.Tensor) and not (
+        index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool
+    )
+    if not integer:
+        raise InputError("index must be an integer tensor of sample positions")
+    if tuple(index.shape) != (batch,):
+        raise InputError(f"index must have shape [{batch}] (got {tuple(index.shape)})")
+    if batch and int(index.min()) < 0:
+        raise InputError("index must hold positions >= 0")
