@@ -16,6 +16,7 @@ from mlsec.auditing.thresholds import parse_thresholds
 from mlsec.cli.common import check_writable, device_from, positive_int, print_notes
 from mlsec.cli.options import FLAGS
 from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
+from mlsec.core.distributed import current
 from mlsec.core.text import percent, printable
 from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, Purifier, load_defense
 from mlsec.errors import InputError
@@ -219,15 +220,17 @@ def audit_defense(args: argparse.Namespace) -> int:
     )
     defense, label = resolve_defense(args.defense)
     _configure(defense, args)
-    device = device_from(args.device)
+    device = device_from(args.device)  # under torchrun: joins the job first
+    main = current().is_main  # several processes: rank 0 alone prints and writes reports
     model, model_name, model_notes = load_model(
         args.model or "mnist-cnn", arch=args.arch, trust_pickle=args.trust_pickle, terms=FLAGS
     )
-    samples, data_name, data_notes = load_data(args.data)
+    samples, data_name, data_notes = load_data(
+        args.data, resize=args.resize, center_crop=args.center_crop
+    )
     if args.limit is not None:
         samples = samples.subset(range(min(args.limit, len(samples))))
-    x, y = samples.tensors()
-    err = Console(stderr=True, no_color=args.no_color)
+    err = Console(stderr=True, no_color=args.no_color, quiet=not main)
     print_notes(err, [*model_notes, *data_notes], quiet=args.quiet)
     if args.bounds is not None and tuple(args.bounds) != (0.0, 1.0):
         raise InputError("--bounds: the GAN purifiers work on images in [0, 1]")
@@ -237,7 +240,7 @@ def audit_defense(args: argparse.Namespace) -> int:
     report = evaluate_defense(
         defense,
         model.to(device),
-        (x.to(device), y.to(device)),
+        samples,
         eps=args.eps or [0.3],
         attacks=attacks,
         adaptive=[a for a in attacks if a != "fgsm"],
@@ -247,6 +250,7 @@ def audit_defense(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         thresholds=thresholds,
         checkpoint=args.checkpoint,
+        workers=args.workers,
         progress=not (args.quiet or args.no_progress),
         console=err,
         model_name=model_name,
@@ -256,13 +260,20 @@ def audit_defense(args: argparse.Namespace) -> int:
     if Path(args.data).is_dir():  # an image folder's labels decide what "correct" means
         report.settings["data_classes"] = image_folder_classes(Path(args.data))
     assert report.suite is not None  # evaluate_defense always sets it
-    written = write_reports(report, files, report.suite)
-    return _show(report, args, written)
+    written = write_reports(report, files, report.suite) if main else []
+    return _show(report, args, written, quiet=not main)
 
 
-def _show(report: DefenseReport, args: argparse.Namespace, written: list[Path]) -> int:
-    """Print the table (or one line per eps), verdicts, flags and files; returns the exit code."""
-    console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
+def _show(
+    report: DefenseReport, args: argparse.Namespace, written: list[Path], *, quiet: bool = False
+) -> int:
+    """Print the table (or one line per eps), verdicts, flags and files; returns the exit code.
+
+    ``quiet`` (a rank other than 0) prints nothing but still returns the exit code.
+    """
+    console = Console(
+        no_color=args.no_color, highlight=not args.no_color, soft_wrap=True, quiet=quiet
+    )
     if args.quiet:
         for e, acc in report.worst_non_adaptive.items():
             ada = report.worst_adaptive.get(e)
