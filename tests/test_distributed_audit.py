@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -214,9 +215,11 @@ def test_ranks_given_different_data_stop_with_one_line(tmp_path: Path) -> None:
         "mlsec: the ranks were given different settings or data (rank 1 differs from rank 0); "
         "start every rank with the same command and files"
     ], done.stderr[-2000:]
-    # Every rank exits 2 (bad input); torchrun reports each worker's code and fails the job.
+    # Every rank exits 2 (bad input). torchrun stops the job at the first worker that exits, so
+    # the other may be listed with 2 or ended by the agent's SIGTERM before it gets there.
     assert done.returncode != 0
-    assert done.stderr.count("exitcode  : 2") == 2
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", done.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, done.stderr[-2000:]
 
 
 def test_a_killed_rank_leaves_a_checkpoint_that_resumes_exactly(tmp_path: Path) -> None:
