@@ -11,6 +11,7 @@ Example:
 # reports: importing it registers the report formats that AuditReport.to_html() & co. use.
 from mlsec import attacks, datasets, defenses, reports, testing, zoo
 from mlsec.attacks import Attack, AttackResult
+from mlsec.auditing.certified import Certification, certify
 from mlsec.auditing.report import AuditReport
 from mlsec.auditing.run import audit
 from mlsec.core.normalize import Normalized
@@ -24,11 +25,13 @@ __all__ = [
     "Attack",
     "AttackResult",
     "AuditReport",
+    "Certification",
     "InputError",
     "Normalized",
     "ThreatModel",
     "attacks",
     "audit",
+    "certify",
     "datasets",
     "defenses",
     "reports",

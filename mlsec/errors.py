@@ -34,5 +34,13 @@ class InputError(ValueError):
         return (_rebuild, (self.detail, self.subject))
 
 
+class SoundnessError(RuntimeError):
+    """A certificate and an attack contradict each other: a bug in mlsec (or in the model's code).
+
+    Raised when a sample certified robust at eps (interval bounds) is broken by an attack within
+    eps. The message names the sample, the budget and the attack; the CLI exits 3.
+    """
+
+
 def _rebuild(message: str, subject: str | None) -> InputError:
     return InputError(message, subject=subject)

@@ -107,11 +107,15 @@ def make_plan(
     thresholds: Sequence[Threshold] = (),
     batch_size: int = 500,
     survivors: bool = True,
+    certified: bool = False,
 ) -> Plan:
-    """Validate the settings once and lay out the chain: eps ascending, attacks in suite order."""
+    """Validate the settings once and lay out the chain: eps ascending, attacks in suite order.
+
+    ``certified``: the audit certifies too, so thresholds may name the ``certified`` row.
+    """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch size must be >= 1 (got {batch_size!r})", subject="batch_size")
-    check_against(thresholds, suite)
+    check_against(thresholds, suite, rows=("worst", "certified") if certified else ("worst",))
     stages = tuple(
         PlannedAttack(label=entry.label, eps=value, attack=_at(entry, value))
         for value in suite.eps

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from mlsec.auditing.certified import Certification
 from mlsec.core.registry import Registry
 
 __all__ = [
@@ -123,6 +124,8 @@ class AuditReport:
         robust: ``(attack, eps)`` -> bool ``[n]``, samples standing after that attack.
         strength_note: one line when the suite is weaker than the ``standard`` suite (what it
             lacks and the command for the standard evaluation); ``None`` otherwise.
+        certification: the certificates when the audit certified (a lower bound at each eps
+            beside the attacks' upper bound), else ``None``.
 
     """
 
@@ -142,6 +145,7 @@ class AuditReport:
     correct: torch.Tensor = field(repr=False)
     robust: dict[tuple[str, float], torch.Tensor] = field(repr=False)
     strength_note: str | None = None
+    certification: Certification | None = None
 
     @property
     def attacks(self) -> list[str]:
@@ -166,7 +170,12 @@ class AuditReport:
         raise KeyError(f"no result for attack {attack!r} at eps {eps:g}")
 
     def robust_accuracy(self, attack: str, eps: float) -> float:
-        """Robust accuracy after ``attack`` at ``eps``; ``attack="worst"`` gives the worst case."""
+        """Robust accuracy after ``attack`` at ``eps``; ``attack="worst"`` gives the worst case.
+
+        ``attack="certified"`` gives the certified accuracy of an audit that certified.
+        """
+        if attack == "certified" and self.certification is not None:
+            return self.certification.accuracy(eps)
         if attack == "worst":
             for value, accuracy in self.worst_case.items():
                 if math.isclose(value, eps):
@@ -199,6 +208,7 @@ class AuditReport:
             "passed": self.passed,
             "warnings": list(self.warnings),
             "strength_note": self.strength_note,
+            "certification": (None if self.certification is None else self.certification.to_dict()),
             "examples": [
                 {
                     k: v

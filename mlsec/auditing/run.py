@@ -18,7 +18,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -26,12 +26,14 @@ from torch import nn
 
 from mlsec.attacks import Attack
 from mlsec.auditing import checks
+from mlsec.auditing.certified import Certification, method_name, run_certification
 from mlsec.auditing.chain import ChainResult, Runner, run_chain
 from mlsec.auditing.clean import HEAD, CleanPass, clean_pass
 from mlsec.auditing.examples import find_examples
 from mlsec.auditing.plan import Plan, make_plan, resolve_suite
 from mlsec.auditing.report import AttackOutcome, AuditReport
 from mlsec.auditing.resume import Checkpoint
+from mlsec.auditing.soundness import check_soundness
 from mlsec.auditing.suite import DEFAULT_EPS, Suite
 from mlsec.auditing.thresholds import Threshold, evaluate
 from mlsec.core import model as _model
@@ -41,8 +43,9 @@ from mlsec.core.fingerprint import fingerprint_code, fingerprint_model, fingerpr
 from mlsec.core.progress import Tracker
 from mlsec.core.progress import progress as progress_bars
 from mlsec.core.text import printable
-from mlsec.core.threat import Norm
+from mlsec.core.threat import Norm, check_certified_norm
 from mlsec.core.version import VERSION
+from mlsec.defenses.certified.smoothing import Smoothing
 
 __all__ = ["DEFAULT_EPS", "AttackOutcome", "AuditReport", "audit", "environment", "open_store"]
 
@@ -123,6 +126,8 @@ def audit(
     model_name: str = "model",
     data_name: str = "data",
     data_classes: Mapping[str, int] | None = None,
+    certify: str | Smoothing | None = None,
+    noise_samples: int = 8,
 ) -> AuditReport:
     """Measure clean accuracy and robust accuracy under a chain of attacks over an eps grid.
 
@@ -130,8 +135,7 @@ def audit(
         model: the classifier, returning logits; left in the mode it was given in.
         data: ``(x, y)`` (inputs within the bounds, integer labels), a map-style ``Dataset`` or
             ``DataLoader``, or a :class:`~mlsec.core.data.Samples`; read batch by batch.
-        suite: a :class:`~mlsec.auditing.suite.Suite`, a built-in suite name (``default``,
-            ``quick``, ``standard``, ``thorough``) or a TOML file; default ``default``.
+        suite: a Suite, a built-in suite name or a TOML file (:mod:`.suite`; ``default``).
         attacks: instead of a suite, attacks or registered names, chained in this order.
         eps: the budgets in input units; overrides the suite's grids.
         norm: overrides every attack's norm.
@@ -140,8 +144,7 @@ def audit(
         batch_size: samples per attack call.
         checkpoint: a folder recording each finished batch; rerun with it to resume.
         sanity_checks: run the gradient-masking checks (:mod:`mlsec.auditing.checks`).
-        survivors: attack only samples still standing (``False``: every attack on every
-            sample at every eps; same numbers, more time).
+        survivors: attack only samples still standing (``False``: same numbers, more time).
         examples: how many clean/adversarial pairs to keep for the report's image grid.
         workers: data-loading worker processes (0: read in this process).
         progress: show progress: bars on a terminal, else one line per finished stage.
@@ -149,10 +152,13 @@ def audit(
         model_name: name of the model in the report.
         data_name: name of the data in the report.
         data_classes: an image folder's class name → label map, recorded in ``config``.
+        certify: certified accuracy (a lower bound) at each eps too: ``"ibp"`` (linf) or a
+            :class:`~mlsec.defenses.certified.smoothing.Smoothing` (l2; attacks then run on the
+            smoothed classifier), checked against the attacks (:mod:`.soundness`).
+        noise_samples: smoothing: noisy copies each forward pass of the attacks averages.
 
     Returns:
-        An :class:`AuditReport` (every rank gets rank 0's in a ``torchrun`` job; see the module's
-        notes); its ``strength_note`` says when the suite is weaker than ``standard``.
+        An :class:`AuditReport` (under ``torchrun`` every rank gets rank 0's).
 
     Example:
         >>> import mlsec
@@ -164,20 +170,72 @@ def audit(
 
     """
     resolved = resolve_suite(suite, attacks, eps, norm, bounds)
-    plan = make_plan(resolved, thresholds=thresholds, batch_size=batch_size, survivors=survivors)
-    samples, group = as_samples(data), current()
-    agree(group, "settings or data", [plan.suite.to_config(), _data_probe(samples)])
-    main = group.is_main
-    with progress_bars(enabled=progress and main, console=console) as tracker:
-        job = _Job(model, samples, plan, tracker, group, workers, model_name)
-        clean, chain = _measure(job, checkpoint, console, announce=progress and main)
-        warnings = _sanity(model, samples, clean, plan, tracker) if sanity_checks and main else []
+    plan = make_plan(resolved, thresholds=thresholds, batch_size=batch_size,
+                     survivors=survivors, certified=certify is not None)  # fmt: skip
     extra = {} if data_classes is None else {"data_classes": dict(data_classes)}
     config = plan.config(sanity_checks=sanity_checks, **extra)
-    names = (model_name, data_name)
-    report = main and _report(model, samples, plan, clean, chain, warnings, examples, names, config)
-    shared: AuditReport = broadcast(group, report or None)  # every rank gets rank 0's report
-    return shared
+    setup = _settle(model, certify, noise_samples, plan, config, (model_name, data_name), examples)
+    samples, group = as_samples(data), current()
+    agree(group, "settings or data", [_data_probe(samples), setup.config])
+    main = group.is_main
+    with progress_bars(enabled=progress and main, console=console) as tracker:
+        job = _Job(setup.attacked, samples, plan, tracker, group, workers, model_name)
+        clean, chain = _measure(job, checkpoint, console, announce=progress and main)
+        warnings = _sanity(setup, samples, clean, tracker) if sanity_checks and main else []
+        certification, found = _certificates(setup, job, clean, chain)
+    report = main and _report(setup, samples, clean, chain, warnings + found, certification)
+    return cast(AuditReport, broadcast(group, report or None))  # every rank gets rank 0's
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What the audit settled before any work: the models, certificate, plan and report config."""
+
+    model: nn.Module
+    attacked: nn.Module  # the smoothed classifier with smoothing, else the model itself
+    certify: str | Smoothing | None
+    plan: Plan
+    config: dict[str, Any]
+    names: tuple[str, str]
+    examples: int
+
+
+def _settle(
+    model: nn.Module,
+    certify: str | Smoothing | None,
+    noise_samples: int,
+    plan: Plan,
+    config: dict[str, Any],
+    names: tuple[str, str],
+    examples: int,
+) -> _Setup:
+    """The model the attacks run on (smoothing: the smoothed classifier), checked before work."""
+    attacked = model
+    if certify is not None:
+        check_certified_norm(method_name(certify), plan.suite.norm)
+    if isinstance(certify, Smoothing):
+        attacked = certify.smoothed(model, samples=noise_samples)
+        config = {**config, "noise_samples": noise_samples}
+    return _Setup(model, attacked, certify, plan, config, names, examples)
+
+
+def _certificates(
+    setup: _Setup, job: _Job, clean: CleanPass, chain: ChainResult
+) -> tuple[Certification | None, list[str]]:
+    """The certificates at the plan's eps grid, checked against the attacks; and the warnings."""
+    if setup.certify is None:
+        return None, []
+    certification = _certify(setup.model, job, setup.certify)
+    warnings = check_soundness(
+        certification,
+        setup.plan,
+        clean.correct,
+        chain.robust,
+        model=setup.model,
+        attacked=setup.attacked,
+        samples=job.samples,
+    )
+    return certification, warnings
 
 
 @dataclass(frozen=True)
@@ -223,6 +281,21 @@ def _measure(
     return clean, run_chain(runner, job.model, plan, clean.correct)
 
 
+def _certify(model: nn.Module, job: _Job, method: str | Smoothing) -> Certification:
+    """Certificates of every sample at the suite's eps grid, the ranks sharing the work."""
+    return run_certification(
+        model,
+        job.samples,
+        method=method,
+        eps=job.plan.eps,
+        bounds=job.plan.suite.bounds,
+        batch_size=job.plan.batch_size,
+        tracker=job.tracker,
+        group=job.group,
+        workers=job.workers,
+    )
+
+
 def _data_probe(samples: Samples) -> list[Any]:
     """The data's size and a digest of its first, middle and last samples (ranks compare them)."""
     n = len(samples)
@@ -245,14 +318,20 @@ def _fingerprint(model: nn.Module, data: str, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _sanity(
-    model: nn.Module, samples: Samples, clean: CleanPass, plan: Plan, tracker: Tracker
-) -> list[str]:
+def _sanity(setup: _Setup, samples: Samples, clean: CleanPass, tracker: Tracker) -> list[str]:
+    model, plan = setup.attacked, setup.plan
     # The audit restores the modes it changes, so the model is in the mode it was handed in.
     was_training = any(module.training for module in model.modules())
     stage = tracker.stage("sanity checks", total=None)
     x, y = samples.get(range(min(len(samples), HEAD)))
-    warnings = checks.model_checks(model, x, y, clean.logits, was_training=was_training)
+    warnings = checks.model_checks(
+        model,
+        x,
+        y,
+        clean.logits,
+        was_training=was_training,
+        random_by_design=setup.attacked is not setup.model,  # a smoothed classifier
+    )
     keep = clean.correct.nonzero().flatten()[: checks.PROBE].tolist()
     if keep:
         xk, yk = samples.get(keep)
@@ -263,19 +342,21 @@ def _sanity(
 
 
 def _report(
-    model: nn.Module,
+    setup: _Setup,
     samples: Samples,
-    plan: Plan,
     clean: CleanPass,
     chain: ChainResult,
     warnings: list[str],
-    examples: int,
-    names: tuple[str, str],
-    config: dict[str, Any],
+    certification: Certification | None,
 ) -> AuditReport:
+    model, plan, names, config = setup.attacked, setup.plan, setup.names, setup.config
     n = len(samples)
     accuracy = {key: int(mask.sum()) / n for key, mask in chain.robust.items()}
     accuracy.update({("worst", value): acc for value, acc in chain.worst_case.items()})
+    if certification is not None:
+        accuracy.update(
+            {("certified", o.eps): o.certified_accuracy for o in certification.outcomes}
+        )
     return AuditReport(
         model=names[0],
         data=names[1],
@@ -287,10 +368,11 @@ def _report(
         worst_case=chain.worst_case,
         warnings=warnings,
         thresholds=evaluate(plan.thresholds, clean.accuracy, accuracy),
-        examples=find_examples(model, samples, plan, clean.correct, chain.robust, examples),
+        examples=find_examples(model, samples, plan, clean.correct, chain.robust, setup.examples),
         config=config,
         environment=environment(_model.device_of(model)),
         correct=clean.correct,
         robust=chain.robust,
         strength_note=plan.strength_note,
+        certification=certification,
     )

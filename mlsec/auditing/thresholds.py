@@ -2,7 +2,8 @@
 
 ``--fail-under ATTACK@EPS=MIN`` requires robust accuracy after ATTACK at EPS of at least MIN;
 ``--max-drop ATTACK@EPS=DROP`` requires clean accuracy minus that robust accuracy of at most DROP.
-ATTACK is an attack's label in the suite, or ``worst`` for the per-sample worst case. Several
+ATTACK is an attack's label in the suite, ``worst`` for the per-sample worst case, or ``certified``
+for the certified accuracy of an audit that certifies (a lower bound). Several
 thresholds may be given, separated by commas or by repeating the option.
 """
 
@@ -73,18 +74,24 @@ def parse_thresholds(
     return parsed
 
 
-def check_against(thresholds: Iterable[Threshold], suite: Suite) -> None:
-    """Refuse thresholds naming an attack or eps the suite does not run (before any work)."""
+def check_against(
+    thresholds: Iterable[Threshold], suite: Suite, *, rows: tuple[str, ...] = ("worst",)
+) -> None:
+    """Refuse thresholds naming an attack or eps the suite does not run (before any work).
+
+    ``rows``: the rows beside the attacks' that a threshold may name (``worst``, and
+    ``certified`` when the audit certifies); they run at every eps of the suite.
+    """
     labels = [entry.label for entry in suite.entries]
     for t in thresholds:
-        if t.attack != "worst" and t.attack not in labels:
+        if t.attack not in rows and t.attack not in labels:
             raise InputError(
                 f"threshold {t.spec!r}: no attack {t.attack!r} in the suite; "
-                f"use one of {', '.join([*labels, 'worst'])}"
+                f"use one of {', '.join([*labels, *rows])}"
             )
         grid = (
             suite.eps
-            if t.attack == "worst"
+            if t.attack in rows
             else next(list(e.eps) for e in suite.entries if e.label == t.attack)
         )
         if not any(math.isclose(t.eps, value) for value in grid):

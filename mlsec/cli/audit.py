@@ -21,6 +21,14 @@ from mlsec.auditing.run import audit
 from mlsec.auditing.suite import BUILTIN_SUITES, Suite, load_suite, parse_eps
 from mlsec.auditing.thresholds import Threshold, parse_thresholds
 from mlsec.cli import defend
+from mlsec.cli.certify import (
+    add_certify_options,
+    certify_plan,
+    cpu_limit,
+    default_models,
+    smoothing_suite,
+    with_notes,
+)
 from mlsec.cli.common import check_writable, device_from, float_list, positive_int, print_notes
 from mlsec.cli.options import FLAGS, add_data_options, apply_normalize, parse_normalize
 from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
@@ -51,8 +59,9 @@ def add_parser(sub: Any) -> None:
     )
     _add_model_options(parser.add_argument_group("model and data"))
     add_data_options(parser.add_argument_group("data loading (streamed batch by batch)"))
-    _add_defense_options(parser.add_argument_group("defended model (GAN purifiers)"))
+    defend.add_defense_options(parser.add_argument_group("defended model (GAN purifiers)"))
     _add_attack_options(parser.add_argument_group("attacks"))
+    add_certify_options(parser.add_argument_group("certification (a lower bound beside attacks)"))
     _add_gate_options(parser.add_argument_group("CI gate"))
     _add_report_options(parser.add_argument_group("reports"))
 
@@ -95,35 +104,6 @@ def _add_model_options(group: Any) -> None:
         help="input range (default: 0,1); for negative values write --bounds=-1,1",
     )
     group.add_argument("--limit", type=positive_int, default=None, help="audit the first N samples")
-
-
-def _add_defense_options(group: Any) -> None:
-    group.add_argument(
-        "--defense",
-        default=None,
-        metavar="NAME|PATH",
-        help="audit --model (default mnist-cnn) behind a purifier: a bundled defense ("
-        "mnist-defense-gan, mnist-ape-gan) or a file saved by mlsec defend train; reports "
-        "non-adaptive and adaptive (BPDA + EOT) attacks side by side",
-    )
-    group.add_argument(
-        "--eot",
-        type=positive_int,
-        default=4,
-        help="draws of a randomised purifier's randomness per adaptive step (default 4)",
-    )
-    group.add_argument(
-        "--purify-steps", type=positive_int, default=None, help="override Defense-GAN's L"
-    )
-    group.add_argument(
-        "--purify-restarts", type=positive_int, default=None, help="override Defense-GAN's R"
-    )
-    group.add_argument(
-        "--bpda",
-        choices=["identity", "encoder"],
-        default=None,
-        help="override the BPDA surrogate of a purifier that declares one (Defense-GAN)",
-    )
 
 
 def _eps_list(text: str) -> list[float]:
@@ -266,6 +246,8 @@ def _standard_command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run ``mlsec audit``; returns the exit code."""
     if args.defense is not None:
+        if args.certify is not None:
+            raise InputError("--certify does not combine with --defense; audit one or the other")
         return defend.audit_defense(args)
     for option in _DEFENSE_ONLY:
         if getattr(args, option) is not None:
@@ -281,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True, no_color=args.no_color, quiet=not main)
     paths = _paths(args) if main else {}
     thresholds = _thresholds(args)
-    specs = [args.model] if args.model is not None else list(DEFAULT_MODELS)
+    specs = [args.model] if args.model is not None else list(default_models(args) or DEFAULT_MODELS)
     # The user's modules load first: they may register attacks of their own.
     loaded = [
         load_model(spec, arch=args.arch, trust_pickle=args.trust_pickle, terms=FLAGS)
@@ -292,14 +274,17 @@ def run(args: argparse.Namespace) -> int:
     )
     # An image folder's class labels go in the report: they decide what "correct" means.
     classes = image_folder_classes(Path(args.data)) if Path(args.data).is_dir() else None
-    plan = _plan(args)
+    plan = smoothing_suite(args, _plan(args))
+    certificates = {name: certify_plan(args, name, device) for _, name, _ in loaded}
+    limit, limit_note = cpu_limit(args, device)
     several = len(loaded) > 1
     files = {name: report_files(paths, args.out, name, several=several) for _, name, _ in loaded}
     for planned in files.values() if main else ():
         check_report_files(planned, args.out)
-    if args.limit is not None:
-        samples = samples.subset(range(min(args.limit, len(samples))))
+    if limit is not None:
+        samples = samples.subset(range(min(limit, len(samples))))
     notes = [n for _, _, model_notes in loaded for n in model_notes]
+    notes += [n for n in (limit_note, *(c.note for c in certificates.values())) if n]
     print_notes(err, [*notes, *data_notes], quiet=quiet)
 
     reports: list[AuditReport] = []
@@ -326,7 +311,10 @@ def run(args: argparse.Namespace) -> int:
             model_name=model_name,
             data_name=data_name,
             data_classes=classes,
+            certify=certificates[model_name].certify,
+            noise_samples=certificates[model_name].noise_samples,
         )
+        report = with_notes(report, [n for n in (limit_note, certificates[model_name].note) if n])
         reports.append(report)
         if main:
             written += write_reports(report, files[model_name], plan)

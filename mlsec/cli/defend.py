@@ -22,7 +22,7 @@ from mlsec.defenses import APEGAN, PURIFIERS, DefenseGAN, Purifier, load_defense
 from mlsec.errors import InputError
 from mlsec.io import PICKLE_WARNING, image_folder_classes, load_data, load_model
 
-__all__ = ["add_parser", "audit_defense", "resolve_defense", "run"]
+__all__ = ["add_defense_options", "add_parser", "audit_defense", "resolve_defense", "run"]
 
 # Options that belong to one purifier only.
 _OWN_OPTIONS = {
@@ -304,3 +304,33 @@ def _show(
         console.print("--strict: the defense audit warned; exit 1", highlight=False)
         return 1
     return 0
+
+
+def add_defense_options(group: Any) -> None:
+    """The ``--defense`` argument group of ``mlsec audit``."""
+    group.add_argument(
+        "--defense",
+        default=None,
+        metavar="NAME|PATH",
+        help="audit --model (default mnist-cnn) behind a purifier: a bundled defense ("
+        "mnist-defense-gan, mnist-ape-gan) or a file saved by mlsec defend train; reports "
+        "non-adaptive and adaptive (BPDA + EOT) attacks side by side",
+    )
+    group.add_argument(
+        "--eot",
+        type=positive_int,
+        default=4,
+        help="draws of a randomised purifier's randomness per adaptive step (default 4)",
+    )
+    group.add_argument(
+        "--purify-steps", type=positive_int, default=None, help="override Defense-GAN's L"
+    )
+    group.add_argument(
+        "--purify-restarts", type=positive_int, default=None, help="override Defense-GAN's R"
+    )
+    group.add_argument(
+        "--bpda",
+        choices=["identity", "encoder"],
+        default=None,
+        help="override the BPDA surrogate of a purifier that declares one (Defense-GAN)",
+    )

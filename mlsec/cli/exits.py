@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from mlsec.core.distributed import current
 from mlsec.core.text import printable
-from mlsec.errors import InputError
+from mlsec.errors import InputError, SoundnessError
 
 __all__ = [
     "EXIT_FAILED",
@@ -124,6 +124,12 @@ def run_command(
             message = error_message(error, args.command, options_of(parser, args.command))
             print(f"mlsec: {printable(message)}", file=sys.stderr)
         return EXIT_USAGE
+    except SoundnessError as error:  # a certificate broken by an attack: a bug, said in a line
+        if current().is_main:
+            print(
+                f"mlsec: soundness check failed: {printable(str(error))}; exit 3", file=sys.stderr
+            )
+        return EXIT_INTERNAL
     except KeyboardInterrupt:
         print("mlsec: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -9,6 +9,7 @@ from rich.table import Table
 from mlsec.auditing.plan import STANDARD_COMMAND
 from mlsec.auditing.report import AuditReport
 from mlsec.core.text import percent, printable
+from mlsec.reports.labels import certified_label
 
 __all__ = ["colour", "comparison_table", "print_strength_notes", "robust_cell", "robust_table"]
 
@@ -51,6 +52,13 @@ def robust_table(report: AuditReport) -> Table:
     table.add_section()
     worst = [_coloured(report.worst_case[eps], report.clean_accuracy) for eps in report.eps]
     table.add_row("worst case", *worst, f"{sum(report.seconds(a) for a in report.attacks):.1f} s")
+    cert = report.certification
+    if cert is not None:
+        cells = [f"[italic]{percent(cert.accuracy(eps))}" for eps in report.eps]
+        table.add_row(
+            f"certified ({certified_label(cert.method)})", *cells, f"{cert.seconds:.1f} s"
+        )
+        table.caption = f"{table.caption}; certified: a lower bound, provably correct within eps"
     return table
 
 
@@ -76,6 +84,16 @@ def comparison_table(reports: list[AuditReport]) -> Table:
     for eps in first.eps:
         worst = (_coloured(r.worst_case[eps], r.clean_accuracy) for r in reports)
         table.add_row("worst case", f"{eps:g}", *worst)
+    if any(r.certification is not None for r in reports):
+        table.add_section()
+        for eps in first.eps:
+            certified = [
+                "—"
+                if r.certification is None
+                else f"[italic]{percent(r.certification.accuracy(eps))}"
+                for r in reports
+            ]
+            table.add_row("certified", f"{eps:g}", *certified)
     return table
 
 

@@ -49,6 +49,9 @@ _METHOD_OPTIONS = {
     "alpha": ("fast",),
     "collapse_drop": ("fast",),
     "beta": ("trades",),
+    "sigma": ("gaussian",),
+    "kappa": ("ibp",),
+    "train_eps_factor": ("ibp",),
 }
 
 
@@ -56,7 +59,7 @@ def add_parser(sub: Any) -> None:
     """Add the ``train`` subcommand to the ``mlsec`` parser."""
     parser = sub.add_parser(
         "train",
-        help="adversarial training (PGD-AT, Fast-AT, TRADES) of a model",
+        help="adversarial training (PGD-AT, Fast-AT, TRADES) or for certificates (gaussian, ibp)",
         description="Train a model adversarially. Each epoch logs clean and PGD accuracy on "
         "held-out data to DIR/log.jsonl and writes DIR/checkpoint.safetensors; --resume "
         "continues an interrupted run exactly. The final weights (DIR/model.safetensors) are "
@@ -119,6 +122,11 @@ def _add_method_options(group: Any) -> None:
         help="fast: drop in held-out PGD accuracy that counts as catastrophic overfitting (0.2)",
     )
     group.add_argument("--beta", type=float, default=None, help="trades: KL weight (default 6)")
+    group.add_argument("--sigma", type=float, default=None, help="gaussian: noise level (0.25)")
+    group.add_argument("--kappa", type=float, default=None, help="ibp: final clean weight (0.5)")
+    group.add_argument(
+        "--train-eps-factor", type=float, default=None, help="ibp: bounds at this x eps (1)"
+    )
 
 
 def _add_loop_options(group: Any) -> None:

@@ -16,7 +16,18 @@ from mlsec.core.keyed import SampleKeys
 from mlsec.core.validation import check_bounds, check_eps
 from mlsec.errors import InputError
 
-__all__ = ["L2", "LINF", "NORMS", "Geometry", "Norm", "Region", "ThreatModel", "geometry"]
+__all__ = [
+    "CERTIFIED_NORMS",
+    "L2",
+    "LINF",
+    "NORMS",
+    "Geometry",
+    "Norm",
+    "Region",
+    "ThreatModel",
+    "check_certified_norm",
+    "geometry",
+]
 
 Norm = Literal["linf", "l2"]
 _TINY = 1e-12
@@ -242,3 +253,30 @@ NORMS: tuple[Norm, ...] = tuple(_GEOMETRIES)
 def geometry(norm: Norm) -> Geometry:
     """The geometry of ``norm``."""
     return _GEOMETRIES[norm]
+
+
+# The norm each certificate speaks of: interval bounds hold over an linf box, randomized
+# smoothing's radius is an l2 radius.
+CERTIFIED_NORMS: dict[str, Norm] = {"ibp": "linf", "smoothing": "l2"}
+
+
+def check_certified_norm(method: str, norm: str) -> None:
+    """An :class:`InputError` unless certificate ``method`` speaks of the attacks' ``norm``.
+
+    Example:
+        >>> check_certified_norm("ibp", "linf")
+        >>> check_certified_norm("smoothing", "linf")
+        Traceback (most recent call last):
+        ...
+        mlsec.errors.InputError: certify: smoothing certifies l2 radii, but the attacks use linf; \
+audit with the l2 norm (or certify linf with ibp)
+
+    """
+    wanted = CERTIFIED_NORMS[method]
+    if norm != wanted:
+        other = next(m for m, n in CERTIFIED_NORMS.items() if n != wanted)
+        raise InputError(
+            f"{method} certifies {wanted} radii, but the attacks use {norm}; audit with the "
+            f"{wanted} norm (or certify {norm} with {other})",
+            subject="certify",
+        )

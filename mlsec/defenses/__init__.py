@@ -1,9 +1,13 @@
 """Defenses behind the Defense interface: GAN purifiers and adversarial training.
 
-Purifiers: Defense-GAN, APE-GAN. Adversarial training: PGD-AT, Fast-AT, TRADES.
+Purifiers: Defense-GAN, APE-GAN. Adversarial training: PGD-AT, Fast-AT, TRADES; training for
+certificates: Gaussian noise (randomized smoothing) and interval bound propagation. Certificates:
+:mod:`mlsec.defenses.certified` (:class:`Smoothing`, :func:`~mlsec.defenses.certified.verified`).
 """
 
+from mlsec.defenses import certified
 from mlsec.defenses.base import PURIFIERS, Defense, PurifiedModel, Purifier, load_defense
+from mlsec.defenses.certified import Smoothing
 from mlsec.defenses.purifiers.ape_gan import APEGAN
 from mlsec.defenses.purifiers.defense_gan import DefenseGAN
 from mlsec.defenses.training import (
@@ -11,6 +15,8 @@ from mlsec.defenses.training import (
     AdversarialTraining,
     CatastrophicOverfittingWarning,
     FastAdversarialTraining,
+    GaussianTraining,
+    IBPTraining,
     PGDAdversarialTraining,
     StandardTraining,
     TrainConfig,
@@ -28,12 +34,16 @@ __all__ = [
     "Defense",
     "DefenseGAN",
     "FastAdversarialTraining",
+    "GaussianTraining",
+    "IBPTraining",
     "PGDAdversarialTraining",
     "PurifiedModel",
     "Purifier",
+    "Smoothing",
     "StandardTraining",
     "TrainConfig",
     "TrainingResult",
+    "certified",
     "detect_collapse",
     "load_defense",
     "parse_schedule",

@@ -14,7 +14,7 @@ from html import escape
 import torch
 
 from mlsec.auditing.report import FORMATS, AuditReport, Example
-from mlsec.reports.labels import eps_label, percent, requirement, seconds_label
+from mlsec.reports.labels import certified_label, eps_label, percent, requirement, seconds_label
 from mlsec.reports.plot import WORST_CASE_COLOR, accuracy_plot
 from mlsec.reports.png import png_bytes, png_data_uri
 
@@ -38,6 +38,7 @@ th { background: #eef1f4; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 #results th { background: #1b4f72; color: #ffffff; }
 #results tr.worst td { font-weight: bold; background: #f6f8fa; }
+#results tr.certified td { font-style: italic; color: #006d2c; }
 .pass { background: #d4edda; color: #155724; font-weight: bold; }
 .fail { background: #f8d7da; color: #721c24; font-weight: bold; }
 .verdict { display: inline-block; padding: 0.2rem 0.8rem; border-radius: 0.3rem; }
@@ -165,12 +166,26 @@ def _results(report: AuditReport) -> list[str]:
     lines += [
         f'<tr class="worst"><td>worst case</td>{worst}'
         f'<td class="num">{seconds_label(total)}</td></tr>',
+        *_certified_row(report),
         "</tbody>",
         "</table>",
         *_strength_note(report),
         "</section>",
     ]
     return lines
+
+
+def _certified_row(report: AuditReport) -> list[str]:
+    """The certified accuracy (a lower bound) under the worst case, when the audit certified."""
+    cert = report.certification
+    if cert is None:
+        return []
+    cells = "".join(f'<td class="num">{percent(cert.accuracy(eps))}</td>' for eps in report.eps)
+    return [
+        f'<tr class="certified" title="a lower bound: provably correct within eps"><td>'
+        f"certified ({certified_label(cert.method)})</td>{cells}"
+        f'<td class="num">{seconds_label(cert.seconds)}</td></tr>'
+    ]
 
 
 def _strength_note(report: AuditReport) -> list[str]:

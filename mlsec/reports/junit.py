@@ -34,8 +34,9 @@ def render_junit(report: AuditReport) -> str:
         One ``<testsuite>`` named ``mlsec audit: MODEL on DATA`` with one ``<testcase>`` per
         threshold (a failed threshold carries a ``<failure>`` with its message), or a single
         passing ``audit completed`` case when there are no thresholds. The suite's properties hold
-        the headline numbers (and ``strength_note`` when the suite is weaker than the standard
-        one); the Markdown summary is the suite's ``<system-out>``.
+        the headline numbers (``certified_METHOD@EPS`` for an audit that certified, and
+        ``strength_note`` when the suite is weaker than the standard one); the Markdown summary
+        is the suite's ``<system-out>``.
 
     """
     failures = sum(not t.passed for t in report.thresholds)
@@ -58,6 +59,12 @@ def render_junit(report: AuditReport) -> str:
         "clean_accuracy": f"{report.clean_accuracy:.6f}",
         **{f"worst_case@{eps:g}": f"{report.worst_case[eps]:.6f}" for eps in report.eps},
     }
+    if report.certification is not None:
+        method = report.certification.method
+        facts.update(
+            {f"certified_{method}@{o.eps:g}": f"{o.certified_accuracy:.6f}"
+             for o in report.certification.outcomes}
+        )  # fmt: skip
     if report.strength_note is not None:
         facts["strength_note"] = report.strength_note
     for name, value in facts.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlsec.auditing.report import ThresholdResult
 from mlsec.core import text
 
-__all__ = ["eps_label", "percent", "requirement", "seconds_label"]
+__all__ = ["certified_label", "eps_label", "percent", "requirement", "seconds_label"]
 
 
 def percent(fraction: float) -> str:
@@ -22,6 +22,17 @@ def percent(fraction: float) -> str:
 def eps_label(eps: float) -> str:
     """An eps value as short text: ``0.3``, ``0.0313725``."""
     return f"{eps:g}"
+
+
+def certified_label(method: str) -> str:
+    """A certificate's name for people.
+
+    Example:
+        >>> certified_label("ibp"), certified_label("smoothing")
+        ('interval bounds', 'randomized smoothing')
+
+    """
+    return {"ibp": "interval bounds", "smoothing": "randomized smoothing"}.get(method, method)
 
 
 def seconds_label(seconds: float) -> str:

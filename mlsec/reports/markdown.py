@@ -6,7 +6,7 @@ Numbers are formatted by :mod:`mlsec.reports.labels`, as in every other form of 
 from __future__ import annotations
 
 from mlsec.auditing.report import FORMATS, AuditReport
-from mlsec.reports.labels import eps_label, percent, requirement, seconds_label
+from mlsec.reports.labels import certified_label, eps_label, percent, requirement, seconds_label
 
 __all__ = ["escape", "render_markdown"]
 
@@ -63,7 +63,8 @@ def render_markdown(report: AuditReport) -> str:
         "### Robust accuracy",
         "",
         "Each row counts the samples still classified correctly after that attack and every attack"
-        " above it, so the worst case equals the last row.",
+        " above it, so the worst case equals the last attack's row.",
+        *_certified_note(report),
         "",
         *_results_table(report),
         *_strength_note(report),
@@ -101,7 +102,21 @@ def _results_table(report: AuditReport) -> list[str]:
     total = sum(report.seconds(attack) for attack in report.attacks)
     worst = [f"**{percent(report.worst_case[eps])}**" for eps in grid]
     rows.append("| " + " | ".join(["**worst case**", *worst, seconds_label(total)]) + " |")
+    if report.certification is not None:
+        cert = report.certification
+        cells = [percent(cert.accuracy(eps)) for eps in grid]
+        label = f"*certified ({escape(certified_label(cert.method))})*"
+        rows.append("| " + " | ".join([label, *cells, seconds_label(cert.seconds)]) + " |")
     return rows
+
+
+def _certified_note(report: AuditReport) -> list[str]:
+    if report.certification is None:
+        return []
+    return [
+        "The certified row is a lower bound: those samples are provably classified correctly "
+        "within eps; the true robust accuracy lies between it and the worst case."
+    ]
 
 
 def _strength_note(report: AuditReport) -> list[str]:

@@ -1,5 +1,8 @@
 """The accuracy-vs-eps plot of the HTML report: one line per attack and a dashed worst case.
 
+An audit that certified adds a dotted certified line (a lower bound) and shades the band between
+it and the worst case: where the true robust accuracy lies, unknown to both.
+
 The plot is drawn with matplotlib when it is installed (the ``plots`` extra) and as hand-written
 inline SVG otherwise, so a report never lacks its plot.
 """
@@ -15,10 +18,18 @@ from mlsec.auditing.report import AuditReport
 from mlsec.reports.labels import eps_label
 from mlsec.reports.png import png_data_uri
 
-__all__ = ["ATTACK_COLORS", "WORST_CASE_COLOR", "Series", "accuracy_plot", "plot_series"]
+__all__ = [
+    "ATTACK_COLORS",
+    "CERTIFIED_COLOR",
+    "WORST_CASE_COLOR",
+    "Series",
+    "accuracy_plot",
+    "plot_series",
+]
 
 # The worst case is red everywhere; attacks take the other tab10 colours in chain order.
 WORST_CASE_COLOR = "#d62728"
+CERTIFIED_COLOR = "#006d2c"
 ATTACK_COLORS = (
     "#1f77b4",
     "#ff7f0e",
@@ -42,6 +53,7 @@ class Series:
     eps: list[float]
     accuracy: list[float]
     worst: bool
+    certified: bool = False
 
 
 def plot_series(report: AuditReport) -> list[Series]:
@@ -64,7 +76,22 @@ def plot_series(report: AuditReport) -> list[Series]:
         lines.append(line(attack, ATTACK_COLORS[i % len(ATTACK_COLORS)], points, False))
     worst = [(eps, report.worst_case[eps]) for eps in report.eps]
     lines.append(line("worst case", WORST_CASE_COLOR, worst, True))
+    cert = report.certification
+    if cert is not None:
+        grid = start + report.eps
+        # Certified at some eps means certified at every smaller one: the line starts flat at the
+        # first eps's value, not at clean accuracy.
+        values = [cert.accuracy(e) for e in report.eps]
+        values = values[:1] * len(start) + values
+        lines.append(Series("certified", CERTIFIED_COLOR, grid, values, False, certified=True))
     return lines
+
+
+def _band(series: list[Series]) -> tuple[Series, Series] | None:
+    """The worst case and the certified line, when both are drawn: the band between them."""
+    worst = next((s for s in series if s.worst), None)
+    certified = next((s for s in series if s.certified), None)
+    return None if worst is None or certified is None else (worst, certified)
 
 
 def accuracy_plot(report: AuditReport) -> str:
@@ -96,9 +123,20 @@ def _plot_png(series: list[Series]) -> bytes | None:
             marker="o",
             linewidth=2.5 if line.worst else 1.8,
             # Wide gaps let the last attack's line, which the worst case equals, show through.
-            linestyle=(0, (3, 3)) if line.worst else "-",
+            linestyle=(0, (3, 3)) if line.worst else ":" if line.certified else "-",
             label=label,
             zorder=3 if line.worst else 2,
+        )
+    band = _band(series)
+    if band is not None:
+        worst, certified = band
+        axes.fill_between(
+            worst.eps,
+            [100 * a for a in certified.accuracy],
+            [100 * a for a in worst.accuracy],
+            color=CERTIFIED_COLOR,
+            alpha=0.12,
+            label="unknown: certified to attacked",
         )
     axes.set_xlabel("eps")
     axes.set_ylabel("robust accuracy (%)")
@@ -150,11 +188,21 @@ def _plot_svg(series: list[Series]) -> str:
         f'<text transform="translate(16 {top + plot_h / 2:.1f}) rotate(-90)"'
         ' text-anchor="middle">robust accuracy (%)</text>',
     ]
+    band = _band(series)
+    if band is not None:
+        worst, certified = band
+        outline = list(zip(worst.eps, worst.accuracy, strict=True))
+        outline += list(zip(certified.eps, certified.accuracy, strict=True))[::-1]
+        corners = " ".join(f"{x(e):.1f},{y(a):.1f}" for e, a in outline)
+        parts.append(
+            f'<polygon class="certified-band" points="{corners}" fill="{CERTIFIED_COLOR}"'
+            ' fill-opacity="0.12" stroke="none"/>'
+        )
     # The worst case last, dashed, so it stays visible on top of the last attack it equals.
     for line in sorted(series, key=lambda s: s.worst):
         pairs = list(zip(line.eps, line.accuracy, strict=True))
         points = " ".join(f"{x(e):.1f},{y(a):.1f}" for e, a in pairs)
-        dash = ' stroke-dasharray="7 7"' if line.worst else ""
+        dash = ' stroke-dasharray="7 7"' if line.worst else _dots(line)
         parts.append(
             f'<polyline points="{points}" fill="none" stroke="{line.color}"'
             f' stroke-width="{2.5 if line.worst else 1.8}"{dash}/>'
@@ -165,7 +213,7 @@ def _plot_svg(series: list[Series]) -> str:
         ]
     for i, line in enumerate(series):
         row = top + 10 + 20 * i
-        dash = ' stroke-dasharray="7 7"' if line.worst else ""
+        dash = ' stroke-dasharray="7 7"' if line.worst else _dots(line)
         parts.append(
             f'<line x1="{left + plot_w + 14}" y1="{row}" x2="{left + plot_w + 40}" y2="{row}"'
             f' stroke="{line.color}" stroke-width="2.5"{dash}/>'
@@ -173,3 +221,7 @@ def _plot_svg(series: list[Series]) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _dots(line: Series) -> str:
+    return ' stroke-dasharray="2 4"' if line.certified else ""

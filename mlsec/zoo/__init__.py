@@ -42,6 +42,7 @@ class ZooEntry:
     weights: str
     script: str
     summary: str
+    sigma: float | None = None  # the Gaussian noise it was trained for (randomized smoothing)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +94,27 @@ _bundle_model(
         weights="mnist_softmax.safetensors",
         script="scripts/train_mnist.py --arch softmax",
         summary="softmax regression on pixels, standard training on MNIST test images 0-7999",
+    )
+)
+_bundle_model(
+    ZooEntry(
+        name="mnist-cnn-smooth",
+        build=architectures.mnist_cnn,
+        weights="mnist_cnn_smooth.safetensors",
+        script="scripts/train_mnist_smooth.py",
+        summary="the small CNN, Gaussian noise training (sigma 0.25) for randomized smoothing, "
+        "on MNIST test images 0-7999",
+        sigma=0.25,
+    )
+)
+_bundle_model(
+    ZooEntry(
+        name="mnist-cnn-ibp",
+        build=architectures.mnist_cnn_ibp,
+        weights="mnist_cnn_ibp.safetensors",
+        script="scripts/train_mnist_ibp.py",
+        summary="Gowal et al.'s small CNN, interval bound propagation training (linf eps 0.1, "
+        "bounds at 0.4) on MNIST test images 0-7999",
     )
 )
 _bundle_defense(

@@ -25,6 +25,24 @@ def mnist_cnn_wide() -> nn.Sequential:
     return _cnn(32, 64, 200)
 
 
+def mnist_cnn_ibp() -> nn.Sequential:
+    """The small CNN of Gowal et al.'s IBP paper: strided convolutions, no pooling (1.3M weights).
+
+    Conv(16, 4x4, stride 2), Conv(32, 4x4), Linear(100), Linear(10), ReLU between: every layer
+    interval bounds pass through, and ART's interval classifier can bound it too.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 4, stride=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 10 * 10, 100),
+        nn.ReLU(),
+        nn.Linear(100, 10),
+    )
+
+
 def _cnn(first: int, second: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(1, first, 5, padding=2),

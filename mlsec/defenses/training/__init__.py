@@ -32,6 +32,8 @@ from mlsec.defenses.training.config import (
     detect_collapse,
     parse_schedule,
 )
+from mlsec.defenses.training.gaussian import GaussianTraining
+from mlsec.defenses.training.ibp import IBPTraining
 from mlsec.defenses.training.methods import (
     METHODS,
     TRADES,
@@ -49,6 +51,8 @@ __all__ = [
     "AdversarialTraining",
     "CatastrophicOverfittingWarning",
     "FastAdversarialTraining",
+    "GaussianTraining",
+    "IBPTraining",
     "PGDAdversarialTraining",
     "StandardTraining",
     "TrainConfig",
