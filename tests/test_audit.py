@@ -182,7 +182,7 @@ def test_checkpoint_replays_without_attacking(
     lines = (tmp_path / "ck" / "batches.jsonl").read_text().splitlines()
     assert len(lines) == sum(-(-o.attacked // 64) for o in first.outcomes)
 
-    # The replay must not attack: only the one-sample calls that draw the report's examples run.
+    # The replay must not attack: only the small calls that draw the report's examples run.
     calls: list[int] = []
     real_run = mlsec.attacks.Attack.run
 
@@ -194,8 +194,9 @@ def test_checkpoint_replays_without_attacking(
 
     monkeypatch.setattr(mlsec.attacks.Attack, "run", spy)
     replay = mlsec.audit(cnn, (x, y), checkpoint=tmp_path / "ck", **kwargs)
-    assert calls, "examples are drawn by attacking single samples"
-    assert set(calls) == {1}
+    # Examples: one batch per stage of at most twice its share of the 8 (2 per stage here).
+    assert calls, "examples are drawn by attacking a few samples again"
+    assert len(calls) <= len(first.outcomes) and max(calls) <= 4
     assert replay.worst_case == first.worst_case
     assert [o.robust_accuracy for o in replay.outcomes] == [
         o.robust_accuracy for o in first.outcomes

@@ -388,4 +388,4 @@ def test_certify_equals_art_on_the_same_draws(data: Data) -> None:
     assert not queue
     assert prediction.tolist() == ours.prediction.tolist()
     assert np.allclose(radius, ours.radius.numpy(), rtol=1e-9, atol=0)
-    assert (prediction == -1).any() and (radius > 0.5).any()  # both branches are exercised
+    assert (radius > 0.7).any() and (radius < 0.5).any()  # not all at the same count

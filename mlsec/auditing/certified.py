@@ -241,8 +241,8 @@ def run_certification(
         shares = []
         scale = n / max(len(mine), 1)
         with _model.frozen(model):
-            for batch in batches(samples, torch.tensor(mine, dtype=torch.long), batch_size,
-                                 workers=workers):  # fmt: skip
+            rows = torch.tensor(mine, dtype=torch.long)
+            for batch in batches(samples, rows, batch_size, workers=workers):
                 xb = batch.x.to(device, _model.compute_dtype(model, batch.x))
                 masks, radius = certify_batch(xb, batch.y.to(device), batch.index.to(device))
                 shares.append((batch.index.tolist(), masks.cpu(), radius.cpu()))

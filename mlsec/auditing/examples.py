@@ -21,11 +21,12 @@ def find_examples(
     robust: dict[tuple[str, float], torch.Tensor],
     limit: int,
 ) -> list[Example]:
-    """A few samples each stage broke, attacked again alone to show an example it finds.
+    """A few samples each stage broke, attacked again in one batch per stage to show examples.
 
-    The rerun draws the sample's own randomness (keyed by its index), so it finds what the
+    The rerun draws each sample's own randomness (keyed by its index), so it finds what the
     chain found; should it still miss (a model whose output depends on its batch), the sample is
-    skipped, so every example shown is a real adversarial example.
+    skipped, so every example shown is a real adversarial example. Only the stages that have a
+    share of the grid left to fill run, each on at most twice its share.
     """
     per_stage = max(1, limit // max(1, len(robust)))
     device = _model.device_of(model)
@@ -33,28 +34,25 @@ def find_examples(
     before = correct
     for planned in plan.stages:
         after = robust[(planned.label, planned.eps)]
-        candidates = (before & ~after).nonzero().flatten()[: 3 * per_stage].tolist()
+        candidates = (before & ~after).nonzero().flatten()[: 2 * per_stage].tolist()
         before = after
-        kept = 0
-        for index in candidates:
-            if kept == per_stage or len(found) == limit:
-                break
-            xs, ys = samples.get([index])
-            xi, yi = xs.to(device), ys.to(device)
-            result = planned.attack.run(model, xi, yi, index=torch.tensor([index], device=device))
-            if not bool(result.success[0]):
-                continue
-            kept += 1
-            found.append(
-                Example(
-                    index=index,
-                    label=int(yi[0]),
-                    attack=planned.label,
-                    eps=planned.eps,
-                    clean_prediction=int(yi[0]),  # only correctly classified samples break
-                    adversarial_prediction=int(result.logits.argmax(1)[0]),
-                    clean=xi[0].detach().float().cpu(),
-                    adversarial=result.x_adv[0].detach().float().cpu(),
-                )
+        if not candidates or len(found) >= limit:
+            continue
+        xs, ys = (t.to(device) for t in samples.get(candidates))
+        index = torch.tensor(candidates, device=device)
+        result = planned.attack.run(model, xs, ys, index=index)
+        hits = result.success.nonzero().flatten().tolist()[: min(per_stage, limit - len(found))]
+        found += [
+            Example(
+                index=candidates[i],
+                label=int(ys[i]),
+                attack=planned.label,
+                eps=planned.eps,
+                clean_prediction=int(ys[i]),  # only correctly classified samples break
+                adversarial_prediction=int(result.logits.argmax(1)[i]),
+                clean=xs[i].detach().float().cpu(),
+                adversarial=result.x_adv[i].detach().float().cpu(),
             )
+            for i in hits
+        ]
     return found

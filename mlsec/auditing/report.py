@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from mlsec.auditing.certified import Certification
+from mlsec.auditing.checks import CheckRun
 from mlsec.core.registry import Registry
 
 __all__ = [
@@ -126,6 +127,8 @@ class AuditReport:
             lacks and the command for the standard evaluation); ``None`` otherwise.
         certification: the certificates when the audit certified (a lower bound at each eps
             beside the attacks' upper bound), else ``None``.
+        checks: which sanity checks ran, on how many samples, and what each cost (empty without
+            sanity checks).
 
     """
 
@@ -146,6 +149,7 @@ class AuditReport:
     robust: dict[tuple[str, float], torch.Tensor] = field(repr=False)
     strength_note: str | None = None
     certification: Certification | None = None
+    checks: list[CheckRun] = field(default_factory=list)
 
     @property
     def attacks(self) -> list[str]:
@@ -207,6 +211,7 @@ class AuditReport:
             ],
             "passed": self.passed,
             "warnings": list(self.warnings),
+            "checks": [dataclasses.asdict(run) for run in self.checks],
             "strength_note": self.strength_note,
             "certification": (None if self.certification is None else self.certification.to_dict()),
             "examples": [

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +28,8 @@ from mlsec.attacks import Attack
 from mlsec.auditing import checks
 from mlsec.auditing.certified import Certification, method_name, run_certification
 from mlsec.auditing.chain import ChainResult, Runner, run_chain
+from mlsec.auditing.chain_checks import ChainView, chain_checks
+from mlsec.auditing.checks import CheckRun
 from mlsec.auditing.clean import HEAD, CleanPass, clean_pass
 from mlsec.auditing.examples import find_examples
 from mlsec.auditing.plan import Plan, make_plan, resolve_suite
@@ -181,7 +183,7 @@ def audit(
     with progress_bars(enabled=progress and main, console=console) as tracker:
         job = _Job(setup.attacked, samples, plan, tracker, group, workers, model_name)
         clean, chain = _measure(job, checkpoint, console, announce=progress and main)
-        warnings = _sanity(setup, samples, clean, tracker) if sanity_checks and main else []
+        warnings = _sanity(setup, samples, clean, chain, tracker) if sanity_checks and main else []
         certification, found = _certificates(setup, job, clean, chain)
     report = main and _report(setup, samples, clean, chain, warnings + found, certification)
     return cast(AuditReport, broadcast(group, report or None))  # every rank gets rank 0's
@@ -198,6 +200,7 @@ class _Setup:
     config: dict[str, Any]
     names: tuple[str, str]
     examples: int
+    check_runs: list[CheckRun] = field(default_factory=list)  # what each sanity check cost
 
 
 def _settle(
@@ -318,8 +321,11 @@ def _fingerprint(model: nn.Module, data: str, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _sanity(setup: _Setup, samples: Samples, clean: CleanPass, tracker: Tracker) -> list[str]:
-    model, plan = setup.attacked, setup.plan
+def _sanity(
+    setup: _Setup, samples: Samples, clean: CleanPass, chain: ChainResult, tracker: Tracker
+) -> list[str]:
+    """The model's checks on the clean pass's first samples, then the chain's; costs recorded."""
+    model = setup.attacked
     # The audit restores the modes it changes, so the model is in the mode it was handed in.
     was_training = any(module.training for module in model.modules())
     stage = tracker.stage("sanity checks", total=None)
@@ -331,12 +337,10 @@ def _sanity(setup: _Setup, samples: Samples, clean: CleanPass, tracker: Tracker)
         clean.logits,
         was_training=was_training,
         random_by_design=setup.attacked is not setup.model,  # a smoothed classifier
+        runs=setup.check_runs,
     )
-    keep = clean.correct.nonzero().flatten()[: checks.PROBE].tolist()
-    if keep:
-        xk, yk = samples.get(keep)
-        standing = torch.ones(len(keep), dtype=torch.bool)
-        warnings += checks.attack_checks(model, xk, yk, standing, plan.suite)
+    view = ChainView(model, samples, setup.plan, clean.correct, chain.robust, setup.check_runs)
+    warnings += chain_checks(view)
     stage.finish()
     return warnings
 
@@ -375,4 +379,5 @@ def _report(
         robust=chain.robust,
         strength_note=plan.strength_note,
         certification=certification,
+        checks=list(setup.check_runs),
     )

@@ -85,6 +85,7 @@ def comparison_table(reports: list[AuditReport]) -> Table:
         worst = (_coloured(r.worst_case[eps], r.clean_accuracy) for r in reports)
         table.add_row("worst case", f"{eps:g}", *worst)
     if any(r.certification is not None for r in reports):
+        table.caption = f"{table.caption}; certified: a lower bound, provably correct within eps"
         table.add_section()
         for eps in first.eps:
             certified = [

@@ -14,7 +14,14 @@ from html import escape
 import torch
 
 from mlsec.auditing.report import FORMATS, AuditReport, Example
-from mlsec.reports.labels import certified_label, eps_label, percent, requirement, seconds_label
+from mlsec.reports.labels import (
+    certified_label,
+    checks_line,
+    eps_label,
+    percent,
+    requirement,
+    seconds_label,
+)
 from mlsec.reports.plot import WORST_CASE_COLOR, accuracy_plot
 from mlsec.reports.png import png_bytes, png_data_uri
 
@@ -220,10 +227,11 @@ def _thresholds(report: AuditReport) -> list[str]:
 
 def _warnings(report: AuditReport) -> list[str]:
     lines = ['<section id="warnings">', "<h2>Warnings</h2>"]
+    cost = f'<p class="note" id="checks">{escape(checks_line(report.checks))}</p>'
     if not report.warnings:
-        return [*lines, "<p>none</p>", "</section>"]
+        return [*lines, "<p>none</p>", cost, "</section>"]
     items = [f"<li>{escape(warning)}</li>" for warning in report.warnings]
-    return [*lines, "<ul>", *items, "</ul>", "</section>"]
+    return [*lines, "<ul>", *items, "</ul>", cost, "</section>"]
 
 
 def _examples(report: AuditReport) -> list[str]:

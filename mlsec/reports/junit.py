@@ -61,10 +61,8 @@ def render_junit(report: AuditReport) -> str:
     }
     if report.certification is not None:
         method = report.certification.method
-        facts.update(
-            {f"certified_{method}@{o.eps:g}": f"{o.certified_accuracy:.6f}"
-             for o in report.certification.outcomes}
-        )  # fmt: skip
+        for outcome in report.certification.outcomes:
+            facts[f"certified_{method}@{outcome.eps:g}"] = f"{outcome.certified_accuracy:.6f}"
     if report.strength_note is not None:
         facts["strength_note"] = report.strength_note
     for name, value in facts.items():

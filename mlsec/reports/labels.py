@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from mlsec.auditing.checks import CheckRun
 from mlsec.auditing.report import ThresholdResult
 from mlsec.core import text
 
-__all__ = ["certified_label", "eps_label", "percent", "requirement", "seconds_label"]
+__all__ = [
+    "certified_label",
+    "checks_line",
+    "eps_label",
+    "percent",
+    "requirement",
+    "seconds_label",
+]
 
 
 def percent(fraction: float) -> str:
@@ -52,3 +60,16 @@ def requirement(threshold: ThresholdResult) -> str:
     if threshold.kind == "min-accuracy":
         return f"robust accuracy of {where} ≥ {percent(threshold.limit)}"
     return f"drop from clean accuracy of {where} ≤ {percent(threshold.limit)}"
+
+
+def checks_line(runs: list[CheckRun]) -> str:
+    """Which sanity checks ran, on how many samples, and what they cost, in one sentence."""
+    if not runs:
+        return "Sanity checks: off."
+    parts = [f"{run.check} ({_scope(run)}, {seconds_label(run.seconds)})" for run in runs]
+    total = seconds_label(sum(run.seconds for run in runs))
+    return f"Sanity checks ran in {total}: {'; '.join(parts)}."
+
+
+def _scope(run: CheckRun) -> str:
+    return f"read from the {run.source}" if run.samples == 0 else f"{run.samples} samples"

@@ -6,7 +6,14 @@ Numbers are formatted by :mod:`mlsec.reports.labels`, as in every other form of 
 from __future__ import annotations
 
 from mlsec.auditing.report import FORMATS, AuditReport
-from mlsec.reports.labels import certified_label, eps_label, percent, requirement, seconds_label
+from mlsec.reports.labels import (
+    certified_label,
+    checks_line,
+    eps_label,
+    percent,
+    requirement,
+    seconds_label,
+)
 
 __all__ = ["escape", "render_markdown"]
 
@@ -80,6 +87,7 @@ def render_markdown(report: AuditReport) -> str:
         lines += [f"- {escape(warning)}" for warning in report.warnings]
     else:
         lines.append("none")
+    lines += ["", escape(checks_line(report.checks))]
     return "\n".join(lines) + "\n"
 
 
