@@ -15,6 +15,7 @@ from mlsec.cli import main
 from mlsec.defenses.certified.intervals import verified
 from mlsec.defenses.certified.smoothing import Smoothing
 from mlsec.errors import InputError, SoundnessError
+from mlsec.reports.plot import _plot_svg, plot_series
 
 
 def run_cli(argv: list[str]) -> int | str | None:
@@ -74,12 +75,27 @@ def test_every_report_format_carries_the_certified_row(ibp_report: mlsec.AuditRe
     assert "certified" not in plain.to_markdown()
 
 
+def test_the_plot_shades_the_band_between_certified_and_attacked(
+    ibp_report: mlsec.AuditReport,
+) -> None:
+    series = plot_series(ibp_report)
+    certified = next(s for s in series if s.certified)
+    worst = next(s for s in series if s.worst)
+    assert certified.eps == worst.eps
+    # The lower line never crosses the upper one.
+    assert all(c <= w for c, w in zip(certified.accuracy, worst.accuracy, strict=True))
+    svg = _plot_svg(series)  # the plot without matplotlib
+    assert svg.count('class="certified-band"') == 1 and ">certified</text>" in svg
+
+
 def test_a_certifier_that_lies_is_caught_by_the_attacks(
     data: tuple[torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Plant a bug: interval bounds that "verify" every sample. PGD breaks some of them on the
     # standard model, and the audit must stop rather than report a certificate an attack refutes.
-    def everything(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **_: object):
+    def everything(
+        model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, **_: object
+    ) -> torch.Tensor:
         return torch.ones(len(y), dtype=torch.bool, device=x.device)
 
     monkeypatch.setattr(certified_module, "verified", everything)

@@ -153,8 +153,8 @@ def _add_gate_options(group: Any) -> None:
         action="append",
         default=[],
         metavar="ATTACK@EPS=MIN",
-        help="exit 1 unless robust accuracy after ATTACK (or 'worst') at EPS is >= MIN, e.g. "
-        "pgd@0.3=0.80; repeat or comma-separate",
+        help="exit 1 unless robust accuracy after ATTACK (or 'worst', or 'certified' with "
+        "--certify) at EPS is >= MIN, e.g. pgd@0.3=0.80; repeat or comma-separate",
     )
     group.add_argument(
         "--max-drop",

@@ -26,7 +26,7 @@ def mnist_cnn_wide() -> nn.Sequential:
 
 
 def mnist_cnn_ibp() -> nn.Sequential:
-    """The small CNN of Gowal et al.'s IBP paper: strided convolutions, no pooling (1.3M weights).
+    """The small CNN of Gowal et al.'s IBP paper: strided convolutions, no pooling (330k weights).
 
     Conv(16, 4x4, stride 2), Conv(32, 4x4), Linear(100), Linear(10), ReLU between: every layer
     interval bounds pass through, and ART's interval classifier can bound it too.
