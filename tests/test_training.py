@@ -340,7 +340,7 @@ def test_bad_data_and_models_are_refused(mnist: Data) -> None:
 
 
 def test_methods_are_registered_by_name() -> None:
-    assert METHODS.names() == ["fast", "pgd", "standard", "trades"]
+    assert METHODS.names() == ["fast", "gaussian", "ibp", "pgd", "standard", "trades"]
     expected = {
         "standard": StandardTraining,
         "pgd": PGDAdversarialTraining,
