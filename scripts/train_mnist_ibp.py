@@ -48,26 +48,12 @@ from mlsec.defenses import StandardTraining, TrainConfig
 from mlsec.defenses.certified.intervals import verified
 from mlsec.defenses.training import save_weights
 from mlsec.defenses.training.ibp import IBPTraining
+from mlsec.zoo.architectures import mnist_cnn_ibp
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "mlsec" / "zoo" / "weights" / "mnist_cnn_ibp.safetensors"
 
 
-def mnist_cnn_ibp() -> nn.Sequential:
-    """Gowal et al.'s small IBP network: strided convolutions, no pooling (ART can bound it)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 10 * 10, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    )
-
-
-@torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return int((model(x).argmax(1) == y).sum()) / len(y)
 
