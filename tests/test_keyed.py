@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from mlsec.attacks import APGD, FGSM, PGD, Attack, Square
-from mlsec.core.keyed import SampleKeys, current_draw
+from mlsec.core.keyed import SampleKeys, _mix, current_draw
 
 Data = tuple[torch.Tensor, torch.Tensor]
 
 # Draws per statistic: with n draws a mean's standard error is sigma / sqrt(n); the bounds below
 # are 5 standard errors, so a correct generator fails them about once in 10^6 runs.
 _N = 200_000
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 def _keys(seed: int = 0, index: list[int] | None = None) -> SampleKeys:
@@ -115,16 +119,32 @@ def test_indices_beyond_32_bits_are_distinct() -> None:
     assert int((w[0] == w[1]).sum()) == 0
 
 
-def test_keys_draw_the_same_on_another_device() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+def _lowbias32(x: np.ndarray) -> np.ndarray:
+    """Wellons' lowbias32 in plain uint32 arithmetic (wrapping), the reference for the hash."""
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_hash_is_lowbias32_exactly_on_every_device(device: str) -> None:
+    # The int64 arithmetic that never overflows gives uint32 wrapping arithmetic's numbers, on
+    # the CPU and on a GPU alike: so every device draws the same.
+    values = np.random.default_rng(0).integers(0, 2**32, size=10_000, dtype=np.uint64)
+    values[:4] = [0, 1, 2**31, 2**32 - 1]
+    mixed = _mix(torch.from_numpy(values.astype(np.int64)).to(device))
+    assert np.array_equal(mixed.cpu().numpy().astype(np.uint64), _lowbias32(values))
     keys = _keys(seed=9)
     for name in ("uniform", "normal"):
         cpu = getattr(keys, name)((1000,), stream="dev")
-        gpu = getattr(keys.to("cuda"), name)((1000,), stream="dev")
-        assert torch.allclose(cpu, gpu.cpu(), atol=1e-6, rtol=0)
+        there = getattr(keys.to(device), name)((1000,), stream="dev")
+        assert torch.allclose(cpu, there.cpu(), atol=1e-6, rtol=0)
     assert torch.equal(
-        keys.words((1000,), stream="dev"), keys.to("cuda").words((1000,), stream="dev").cpu()
+        keys.words((1000,), stream="dev"), keys.to(device).words((1000,), stream="dev").cpu()
     )
 
 
