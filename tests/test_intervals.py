@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 import mlsec
@@ -26,23 +24,10 @@ from mlsec.defenses.training.ibp import IBPTraining
 from mlsec.defenses.training.methods import METHODS
 from mlsec.errors import InputError
 
-WEIGHTS = Path(mlsec.__file__).parent / "zoo" / "weights" / "mnist_cnn_ibp.safetensors"
 
-
-def bundled_ibp() -> nn.Sequential:
-    """The bundled IBP model (the architecture of ``scripts/train_mnist_ibp.py``)."""
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 10 * 10, 100),
-        nn.ReLU(),
-        nn.Linear(100, 10),
-    )
-    model.load_state_dict(load_file(WEIGHTS))
-    return model.eval()
+def bundled_ibp() -> nn.Module:
+    """The bundled IBP model (``scripts/train_mnist_ibp.py``)."""
+    return mlsec.zoo.load("mnist-cnn-ibp")
 
 
 def random_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d, generator: torch.Generator) -> None:

@@ -274,29 +274,29 @@ def run_certification(
     )
 
 
-_BatchCertifier = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
-]
+# A batch's certified masks [eps, B] and its radii [B] (-1 without a radius).
+_Masks = tuple[torch.Tensor, torch.Tensor]
+_BatchCertifier = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], _Masks]
 
 
 def _ibp_batch(model: nn.Module, eps: list[float], bounds: tuple[float, float]) -> _BatchCertifier:
-    def run(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def run(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> _Masks:
         with torch.no_grad():
             masks = torch.stack([verified(model, x, y, e, bounds=bounds) for e in eps])
         return masks, torch.full((len(y),), -1.0, dtype=torch.float64)
 
-    return run  # type: ignore[return-value]
+    return run
 
 
 def _smoothing_batch(model: nn.Module, smoothing: Smoothing, eps: list[float]) -> _BatchCertifier:
-    def run(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def run(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> _Masks:
         certificate = smoothing.certify(model, x, index=index)
         right = certificate.prediction.to(y.device) == y
         radius = torch.where(right, certificate.radius.to(y.device, torch.float64), -1.0)
         masks = torch.stack([right & (radius >= e) for e in eps])
         return masks, radius
 
-    return run  # type: ignore[return-value]
+    return run
 
 
 def allowed_violations(certified: int, alpha: float) -> int:
