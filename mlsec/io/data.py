@@ -41,7 +41,8 @@ __all__ = ["BUNDLED_DATA", "DATA_SUFFIXES", "checked_tensors", "load_data"]
 Loaded = tuple[Samples, str, list[str]]
 
 BUNDLED_DATA: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]]] = {
-    "mnist-sample": datasets.mnist_sample
+    "mnist-sample": datasets.mnist_sample,
+    "mnist-members": datasets.mnist_members,
 }
 DATA_SUFFIXES = frozenset({".npz", ".npy"})
 
