@@ -1,0 +1,1 @@
+"""Membership inference: does a model give away which samples it was trained on."""
