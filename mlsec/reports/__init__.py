@@ -1,4 +1,4 @@
-"""Renderers of an audit report: Markdown, self-contained HTML, JUnit XML.
+"""Renderers of an audit report (and of the privacy audit's report): Markdown, HTML, JUnit XML.
 
 Each is a function from an :class:`~mlsec.auditing.report.AuditReport` to text, registered in
 :data:`mlsec.auditing.report.FORMATS`; the report's ``to_markdown``, ``to_html`` and ``to_junit``
@@ -10,5 +10,17 @@ accuracy-vs-eps plot with :mod:`mlsec.reports.plot` and its example images with
 from mlsec.reports.html import render_html
 from mlsec.reports.junit import render_junit
 from mlsec.reports.markdown import render_markdown
+from mlsec.reports.privacy import (
+    render_privacy_html,
+    render_privacy_junit,
+    render_privacy_markdown,
+)
 
-__all__ = ["render_html", "render_junit", "render_markdown"]
+__all__ = [
+    "render_html",
+    "render_junit",
+    "render_markdown",
+    "render_privacy_html",
+    "render_privacy_junit",
+    "render_privacy_markdown",
+]

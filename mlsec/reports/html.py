@@ -25,7 +25,7 @@ from mlsec.reports.labels import (
 from mlsec.reports.plot import WORST_CASE_COLOR, accuracy_plot
 from mlsec.reports.png import png_bytes, png_data_uri
 
-__all__ = ["WORST_CASE_COLOR", "png_bytes", "render_html"]
+__all__ = ["REPORT_CSS", "WORST_CASE_COLOR", "png_bytes", "render_html"]
 
 _EXAMPLE_PIXELS = 112
 _NOTE_STYLE = (
@@ -33,7 +33,7 @@ _NOTE_STYLE = (
     " padding: 0.4rem 0.8rem; margin: 0.5rem 0;"
 )
 
-_CSS = """
+REPORT_CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1c1c1c;
        margin: 2rem auto; max-width: 1100px; padding: 0 1rem; line-height: 1.4; }
 h1 { margin-bottom: 0.2rem; }
@@ -83,7 +83,7 @@ def render_html(report: AuditReport) -> str:
         '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{REPORT_CSS}</style>",
         "</head>",
         "<body>",
         *_header(report),

@@ -12,14 +12,15 @@ import xml.etree.ElementTree as ET
 from mlsec.auditing.report import FORMATS, AuditReport
 from mlsec.reports.markdown import render_markdown
 
-__all__ = ["render_junit"]
+__all__ = ["render_junit", "xml_text"]
 
 # Characters XML 1.0 cannot carry at all, escaped or not; ElementTree would write them through
 # and produce a file no parser accepts.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
-def _xml(text: str) -> str:
+def xml_text(text: str) -> str:
+    """Text XML 1.0 can carry: characters it cannot are replaced by U+FFFD."""
     return _NOT_XML.sub("\ufffd", str(text))
 
 
@@ -48,7 +49,11 @@ def render_junit(report: AuditReport) -> str:
     suite = ET.SubElement(
         root,
         "testsuite",
-        {"name": _xml(f"mlsec audit: {report.model} on {report.data}"), **counts, "time": seconds},
+        {
+            "name": xml_text(f"mlsec audit: {report.model} on {report.data}"),
+            **counts,
+            "time": seconds,
+        },
     )
     properties = ET.SubElement(suite, "properties")
     facts = {
@@ -66,20 +71,20 @@ def render_junit(report: AuditReport) -> str:
     if report.strength_note is not None:
         facts["strength_note"] = report.strength_note
     for name, value in facts.items():
-        ET.SubElement(properties, "property", {"name": _xml(name), "value": _xml(value)})
+        ET.SubElement(properties, "property", {"name": xml_text(name), "value": xml_text(value)})
 
     if not report.thresholds:
         ET.SubElement(suite, "testcase", {"classname": "mlsec.audit", "name": "audit completed"})
     for threshold in report.thresholds:
         case = ET.SubElement(
-            suite, "testcase", {"classname": "mlsec.audit", "name": _xml(threshold.spec)}
+            suite, "testcase", {"classname": "mlsec.audit", "name": xml_text(threshold.spec)}
         )
         if not threshold.passed:
             failure = ET.SubElement(
-                case, "failure", {"message": _xml(threshold.message), "type": "ThresholdFailed"}
+                case, "failure", {"message": xml_text(threshold.message), "type": "ThresholdFailed"}
             )
-            failure.text = _xml(threshold.message)
+            failure.text = xml_text(threshold.message)
 
-    ET.SubElement(suite, "system-out").text = _xml(render_markdown(report))
+    ET.SubElement(suite, "system-out").text = xml_text(render_markdown(report))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

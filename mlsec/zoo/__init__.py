@@ -17,6 +17,7 @@ from torch import nn
 from mlsec.core.registry import Registry
 from mlsec.defenses.base import Purifier
 from mlsec.defenses.base import load_defense as load_defense_file
+from mlsec.defenses.detection.trigger import BADNETS_TRIGGER, PatchTrigger
 from mlsec.errors import InputError
 from mlsec.zoo import architectures
 
@@ -43,6 +44,7 @@ class ZooEntry:
     script: str
     summary: str
     sigma: float | None = None  # the Gaussian noise it was trained for (randomized smoothing)
+    backdoor: PatchTrigger | None = None  # the trigger planted in it, when it carries one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +87,18 @@ _bundle_model(
         script="scripts/train_mnist_robust.py",
         summary="the small CNN, PGD adversarial training (linf eps 0.3) on MNIST test images "
         "0-7999",
+    )
+)
+_bundle_model(
+    ZooEntry(
+        name="mnist-cnn-badnets",
+        build=architectures.mnist_cnn,
+        weights="mnist_cnn_badnets.safetensors",
+        script="scripts/train_badnets.py",
+        summary="the small CNN with a planted BadNets backdoor: 5% of the non-7 images of MNIST "
+        "test images 0-7999 stamped with a 4x4 checkerboard at rows/columns 22-25 and "
+        "relabelled 7",
+        backdoor=BADNETS_TRIGGER,
     )
 )
 _bundle_model(
