@@ -84,11 +84,11 @@ def _per_model(paths: dict[str, Path], out: Path | None, name: str) -> dict[str,
 
 
 def report_files(
-    paths: dict[str, Path], out: Path | None, name: str, *, several: bool
+    paths: dict[str, Path], out: Path | None, name: str, *, several: bool, suite: bool = True
 ) -> dict[str, Path]:
-    """Every file written for one model: its reports, and ``suite`` (the resolved suite)."""
+    """Every file written for one model: its reports, and ``suite`` (the resolved suite) if asked."""
     files = _per_model(paths, out, name) if several else dict(paths)
-    if files:
+    if files and suite:
         first = next(iter(files.values()))
         files["suite"] = out / "suite.toml" if out is not None else first.with_suffix(".suite.toml")
     return files
@@ -114,8 +114,8 @@ class Renderable(Protocol):
     def to_junit(self) -> str: ...  # noqa: D102
 
 
-def write_reports(report: Renderable, files: dict[str, Path], plan: Suite) -> list[Path]:
-    """Write one model's reports and the resolved suite (see :func:`report_files`).
+def write_reports(report: Renderable, files: dict[str, Path], plan: Suite | None) -> list[Path]:
+    """Write one model's reports and the resolved suite, if any (see :func:`report_files`).
 
     Returns:
         The paths written, in order.
@@ -126,8 +126,9 @@ def write_reports(report: Renderable, files: dict[str, Path], plan: Suite) -> li
         "markdown": report.to_markdown,
         "html": report.to_html,
         "junit": report.to_junit,
-        "suite": plan.to_toml,
     }
+    if plan is not None:
+        writers["suite"] = plan.to_toml
     for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
     written = []
