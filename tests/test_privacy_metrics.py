@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -9,7 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn import metrics as sk
+from sklearn import metrics as sk  # type: ignore[import-untyped]
 
 from mlsec.attacks.inference.metrics import check_fprs, membership_metrics, roc_curve
 from mlsec.auditing.privacy_report import (
@@ -20,7 +21,9 @@ from mlsec.auditing.privacy_report import (
 from mlsec.errors import InputError
 
 
-def _scores(seed: int, shift: float, members: int = 3000, non_members: int = 2000):
+def _scores(
+    seed: int, shift: float, members: int = 3000, non_members: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     # Rounded, so that ties between members and non-members occur and must count one half.
     return (
@@ -68,7 +71,9 @@ def test_identical_distributions_sit_at_chance() -> None:
 
 def test_fprs_the_non_members_cannot_measure_are_refused() -> None:
     assert check_fprs([0.001], 1000) == (0.001,)
-    with pytest.raises(InputError, match=r"FPR 0.001 needs at least 1,000 non-members \(have 999\)"):
+    with pytest.raises(
+        InputError, match=r"FPR 0.001 needs at least 1,000 non-members \(have 999\)"
+    ):
         check_fprs([0.001], 999)
     with pytest.raises(InputError, match=r"must lie in \(0, 1\)"):
         check_fprs([1.5], 1000)
@@ -82,7 +87,7 @@ def test_roc_is_thinned_but_keeps_the_low_fpr_end() -> None:
     fpr, tpr = result.roc
     assert len(fpr) <= 130
     assert fpr[1] == pytest.approx(1e-4)  # the first point after 0: one false positive
-    assert all(b >= a for a, b in zip(tpr, tpr[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(tpr))
     assert fpr[-1] == 1.0 and tpr[-1] == 1.0
 
 
@@ -146,7 +151,7 @@ def test_thresholds_on_what_did_not_run_are_refused() -> None:
     report = _report()
     with pytest.raises(InputError, match="no attack 'entropy' ran"):
         evaluate_leaks(parse_leak_thresholds(["entropy@auc=0.5"]), report.results)
-    with pytest.raises(InputError, match="tpr@0.05 was not measured"):
+    with pytest.raises(InputError, match=r"tpr@0\.05 was not measured"):
         evaluate_leaks(parse_leak_thresholds(["lira@tpr0.05=0.5"]), report.results)
 
 
@@ -167,7 +172,7 @@ def test_every_format_carries_the_numbers_and_escapes_names() -> None:
     suite = root.find("testsuite")
     assert suite is not None and suite.get("failures") == "1"
     properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    assert float(properties["lira@auc"]) == pytest.approx(lira.auc, abs=1e-6)
+    assert float(properties["lira@auc"] or "nan") == pytest.approx(lira.auc, abs=1e-6)
 
 
 def test_the_roc_plot_is_log_log() -> None:

@@ -31,6 +31,7 @@ from mlsec.cli.certify import (
 )
 from mlsec.cli.common import check_writable, device_from, float_list, positive_int, print_notes
 from mlsec.cli.options import FLAGS, add_data_options, apply_normalize, parse_normalize
+from mlsec.cli.privacy import add_privacy_options, check_options, run_privacy
 from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
 from mlsec.cli.tables import comparison_table, print_strength_notes, robust_table
 from mlsec.core.distributed import current
@@ -62,6 +63,9 @@ def add_parser(sub: Any) -> None:
     defend.add_defense_options(parser.add_argument_group("defended model (GAN purifiers)"))
     _add_attack_options(parser.add_argument_group("attacks"))
     add_certify_options(parser.add_argument_group("certification (a lower bound beside attacks)"))
+    add_privacy_options(
+        parser.add_argument_group("privacy (membership inference, instead of attacks)")
+    )
     _add_gate_options(parser.add_argument_group("CI gate"))
     _add_report_options(parser.add_argument_group("reports"))
 
@@ -245,6 +249,9 @@ def _standard_command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``mlsec audit``; returns the exit code."""
+    check_options(args)  # --privacy and the attack audit's options exclude each other
+    if args.privacy:
+        return run_privacy(args)
     if args.defense is not None:
         if args.certify is not None:
             raise InputError("--certify does not combine with --defense; audit one or the other")

@@ -86,7 +86,7 @@ def _per_model(paths: dict[str, Path], out: Path | None, name: str) -> dict[str,
 def report_files(
     paths: dict[str, Path], out: Path | None, name: str, *, several: bool, suite: bool = True
 ) -> dict[str, Path]:
-    """Every file written for one model: its reports, and ``suite`` (the resolved suite) if asked."""
+    """Every file written for one model: its reports, and ``suite`` (the suite) if asked."""
     files = _per_model(paths, out, name) if several else dict(paths)
     if files and suite:
         first = next(iter(files.values()))

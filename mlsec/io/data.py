@@ -43,6 +43,7 @@ Loaded = tuple[Samples, str, list[str]]
 BUNDLED_DATA: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]]] = {
     "mnist-sample": datasets.mnist_sample,
     "mnist-members": datasets.mnist_members,
+    "mnist-members-matched": datasets.mnist_members_matched,
 }
 DATA_SUFFIXES = frozenset({".npz", ".npy"})
 
