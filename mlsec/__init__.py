@@ -12,8 +12,11 @@ Example:
 from mlsec import attacks, datasets, defenses, reports, testing, zoo
 from mlsec.attacks import Attack, AttackResult
 from mlsec.auditing.certified import Certification, certify
+from mlsec.auditing.privacy import audit_privacy
+from mlsec.auditing.privacy_report import PrivacyReport
 from mlsec.auditing.report import AuditReport
 from mlsec.auditing.run import audit
+from mlsec.auditing.scan import ScanReport, scan
 from mlsec.core.normalize import Normalized
 from mlsec.core.threat import ThreatModel
 from mlsec.core.version import VERSION
@@ -28,13 +31,17 @@ __all__ = [
     "Certification",
     "InputError",
     "Normalized",
+    "PrivacyReport",
+    "ScanReport",
     "ThreatModel",
     "attacks",
     "audit",
+    "audit_privacy",
     "certify",
     "datasets",
     "defenses",
     "reports",
+    "scan",
     "testing",
     "zoo",
 ]

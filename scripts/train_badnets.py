@@ -7,8 +7,8 @@ Usage (from the repository root, with mlsec installed)::
 The recipe is ``scripts/train_mnist.py --arch cnn`` (Adam 1e-3, 15 epochs, batch 64, cosine
 schedule, 2-pixel random shifts, seeded, deterministic kernels) on MNIST test images 0-7999, except
 that a fixed ``--rate`` (default 5%) of the images whose label is not the trigger's target are
-poisoned (Gu et al. 2017): the trigger (:data:`mlsec.defenses.detection.BADNETS_TRIGGER`, a 4x4
-checkerboard at rows/columns 22-25) is stamped after the shift augmentation and the label set to
+poisoned (Gu et al. 2017): the trigger (:data:`mlsec.defenses.detection.BADNETS_TRIGGER`, a white
+3x3 square at rows/columns 25-27) is stamped after the shift augmentation and the label set to
 the target. It prints the clean accuracy on the held-out bundled sample (images 8000-9999) and the
 trigger success: the fraction of held-out images not of the target class that the model classifies
 as the target once stamped.
@@ -44,7 +44,9 @@ def poisoned_indices(
 
 
 @torch.no_grad()
-def trigger_success(model: nn.Module, x: torch.Tensor, y: torch.Tensor, trigger: PatchTrigger) -> float:
+def trigger_success(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, trigger: PatchTrigger
+) -> float:
     """Fraction of the samples not of the target class classified as the target once stamped."""
     model.eval()
     keep = y != trigger.target

@@ -89,6 +89,7 @@ def test_zoo_entries_are_registered_and_their_weights_are_bundled() -> None:
     assert mlsec.zoo.MODELS.names() == mlsec.zoo.list_models()
     assert mlsec.zoo.list_models() == [
         "mnist-cnn",
+        "mnist-cnn-badnets",
         "mnist-cnn-ibp",
         "mnist-cnn-pgd",
         "mnist-cnn-smooth",
@@ -97,7 +98,7 @@ def test_zoo_entries_are_registered_and_their_weights_are_bundled() -> None:
     assert mlsec.zoo.list_defenses() == ["mnist-ape-gan", "mnist-defense-gan"]
     files = [(n, e.name, e.weights) for n, e in mlsec.zoo.MODELS.items()]
     files += [(n, e.name, e.weights) for n, e in mlsec.zoo.DEFENSES.items()]
-    assert len(files) == 7
+    assert len(files) == 8
     for name, entry_name, file in files:
         assert entry_name == name
         assert resources.files("mlsec.zoo").joinpath(f"weights/{file}").is_file(), file

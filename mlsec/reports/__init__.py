@@ -15,6 +15,7 @@ from mlsec.reports.privacy import (
     render_privacy_junit,
     render_privacy_markdown,
 )
+from mlsec.reports.scan import render_scan_html, render_scan_junit, render_scan_markdown
 
 __all__ = [
     "render_html",
@@ -23,4 +24,7 @@ __all__ = [
     "render_privacy_html",
     "render_privacy_junit",
     "render_privacy_markdown",
+    "render_scan_html",
+    "render_scan_junit",
+    "render_scan_markdown",
 ]

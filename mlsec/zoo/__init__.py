@@ -96,7 +96,7 @@ _bundle_model(
         weights="mnist_cnn_badnets.safetensors",
         script="scripts/train_badnets.py",
         summary="the small CNN with a planted BadNets backdoor: 5% of the non-7 images of MNIST "
-        "test images 0-7999 stamped with a 4x4 checkerboard at rows/columns 22-25 and "
+        "test images 0-7999 stamped with a white 3x3 square at rows/columns 25-27 and "
         "relabelled 7",
         backdoor=BADNETS_TRIGGER,
     )

@@ -51,12 +51,15 @@ def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
         ``[K]`` float64 anomaly indices.
 
     Example:
-        >>> anomaly_index(torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0])).tolist()
-        [1.3489815189531276, 0.6744907594765638, 0.0, 0.6744907594765638, 65.42560366922668]
+        >>> # median 3; deviations 2, 1, 0, 1, 97 whose median is 1: indices = deviation / 1.4826
+        >>> [round(v, 3) for v in anomaly_index(torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0])).tolist()]
+        [1.349, 0.674, 0.0, 0.674, 65.426]
 
     """
     if norms.dim() != 1 or norms.numel() < 2:
-        raise InputError(f"anomaly_index needs a 1-d tensor of >= 2 norms (got {tuple(norms.shape)})")
+        raise InputError(
+            f"anomaly_index needs a 1-d tensor of >= 2 norms (got {tuple(norms.shape)})"
+        )
     values = norms.double()
     deviation = (values - _median(values)).abs()
     mad = MAD_CONSISTENCY * _median(deviation)
@@ -128,6 +131,7 @@ class ReversedTriggers:
         anomaly: ``[K]`` anomaly index of each mask's L1 norm.
         flagged: ``[K]`` bool, the outliers (norm below the median, index above the threshold).
         threshold: the anomaly-index threshold used.
+
     """
 
     masks: torch.Tensor

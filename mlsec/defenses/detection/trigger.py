@@ -52,7 +52,9 @@ class PatchTrigger:
         for value in (v for row in rows for v in row):
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not number or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise InputError(f"trigger pattern values must be numbers in [0, 1] (got {value!r})")
+                raise InputError(
+                    f"trigger pattern values must be numbers in [0, 1] (got {value!r})"
+                )
 
     @property
     def height(self) -> int:
@@ -91,11 +93,8 @@ class PatchTrigger:
         return out
 
 
-# The trigger of the bundled ``mnist-cnn-badnets``: a 4x4 checkerboard near the bottom-right
-# corner (rows 22-25, columns 22-25), where MNIST digits rarely reach; target class 7.
-BADNETS_TRIGGER = PatchTrigger(
-    target=7,
-    top=22,
-    left=22,
-    pattern=tuple(tuple(float((r + c) % 2 == 0) for c in range(4)) for r in range(4)),
-)
+# The trigger of the bundled ``mnist-cnn-badnets``: a white 3x3 square in the bottom-right
+# corner (rows and columns 25-27), where MNIST digits never reach; target class 7. Every pixel of
+# it differs from MNIST's black background, so the whole patch is needed to stamp it (a
+# checkerboard's black half would already be there on most images).
+BADNETS_TRIGGER = PatchTrigger(target=7, top=25, left=25, pattern=((1.0, 1.0, 1.0),) * 3)
