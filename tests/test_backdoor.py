@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import input_error
 from torch import nn
 
 import mlsec
@@ -22,7 +23,6 @@ from mlsec.defenses.detection.neural_cleanse import (
     mask_iou,
 )
 from mlsec.zoo.architectures import mnist_cnn
-from tests.conftest import input_error
 
 # A trigger for the small models trained here: the bundled model's white 3x3 corner square, but
 # sending inputs to class 3 (not the bundled 7).

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import input_error
 from rich.console import Console
 from scipy import stats
 from torch import nn
@@ -17,7 +18,6 @@ from mlsec.attacks.inference.lira import lira_offline
 from mlsec.attacks.inference.metrics import membership_metrics
 from mlsec.attacks.inference.scores import confidence, entropy, logit_scaled, logits_of, loss
 from mlsec.auditing.privacy import audit_privacy
-from tests.conftest import input_error
 
 Data = tuple[torch.Tensor, torch.Tensor]
 

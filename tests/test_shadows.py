@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import input_error
 from torch import nn
 
 import mlsec
@@ -19,7 +20,6 @@ from mlsec.auditing.shadows import (
     train_shadows,
 )
 from mlsec.defenses.training import TrainConfig
-from tests.conftest import input_error
 
 Data = tuple[torch.Tensor, torch.Tensor]
 TINY = TrainConfig(epochs=2, batch_size=50)
