@@ -18,6 +18,7 @@ from mlsec.auditing.privacy_report import (
     evaluate_leaks,
     parse_leak_thresholds,
 )
+from mlsec.cli.privacy import leakier
 from mlsec.errors import InputError
 
 
@@ -184,3 +185,25 @@ def test_the_roc_plot_is_log_log() -> None:
     assert len(ticks) == 5
     gaps = np.diff(ticks)
     assert np.allclose(gaps, gaps[0], atol=0.2)
+
+
+def test_the_auc_error_matches_the_spread_over_repeated_draws() -> None:
+    # Hanley & McNeil's standard error against the standard deviation of the AUC over 200
+    # independent draws of the same two Gaussians (300 members, 200 non-members).
+    rng = np.random.default_rng(11)
+    aucs, errors = [], []
+    for _ in range(200):
+        result = membership_metrics("x", rng.normal(0.5, 1, 300), rng.normal(0, 1, 200), [0.01])
+        aucs.append(result.auc)
+        errors.append(result.standard_error("auc"))
+    assert float(np.mean(errors)) == pytest.approx(float(np.std(aucs)), rel=0.2)
+
+
+def test_a_model_leaks_more_only_beyond_the_noise() -> None:
+    rng = np.random.default_rng(12)
+    weak = membership_metrics("x", rng.normal(0.1, 1, 2000), rng.normal(0, 1, 2000), [0.01])
+    same = membership_metrics("x", rng.normal(0.1, 1, 2000), rng.normal(0, 1, 2000), [0.01])
+    strong = membership_metrics("x", rng.normal(0.8, 1, 2000), rng.normal(0, 1, 2000), [0.01])
+    assert leakier([weak, strong], "auc") == 1
+    assert leakier([strong, weak], "tpr@0.01") == 0
+    assert leakier([weak, same], "auc") is None

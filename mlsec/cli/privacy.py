@@ -12,6 +12,7 @@ non-members together, and cached (``--shadow-dir``) so that a rerun trains nothi
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mlsec.attacks.inference.metrics import DEFAULT_FPRS, check_fprs
+from mlsec.attacks.inference.metrics import DEFAULT_FPRS, MembershipMetrics, check_fprs
 from mlsec.auditing.privacy import DEFAULT_ATTACKS, audit_privacy
 from mlsec.auditing.privacy_report import PrivacyReport, parse_leak_thresholds
 from mlsec.auditing.shadows import Shadows, train_shadows
 from mlsec.cli.common import check_writable, device_from, float_list, positive_int, print_notes
 from mlsec.cli.options import FLAGS
 from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
-from mlsec.core.text import percent, printable
+from mlsec.core.text import printable
 from mlsec.defenses.training import METHODS, TrainConfig
 from mlsec.errors import InputError
 from mlsec.io import load_data, load_entry_point, load_model
+from mlsec.reports.labels import percent
 from mlsec.reports.privacy import fpr_label, metric_columns
 from mlsec.zoo import MODELS
 
-__all__ = ["DEFAULT_MODELS", "add_privacy_options", "run_privacy"]
+__all__ = ["DEFAULT_MODELS", "add_privacy_options", "leakier", "run_privacy"]
 
 # What a plain ``mlsec audit --privacy`` compares: Song et al. (2019) found adversarially trained
 # models leak more membership than standard ones.
@@ -315,11 +317,31 @@ def comparison(reports: list[PrivacyReport]) -> Table:
                 continue
             row = [attack, heading, *[percent(v) for v in values]]
             if len(reports) > 1:
-                best = max(range(len(values)), key=values.__getitem__)
-                tied = sum(v == values[best] for v in values) > 1
-                row.append("tie" if tied else printable(reports[best].model))
+                row.append(_leakier([r.result(attack) for r in reports], reports, metric))
             table.add_row(*row)
     return table
+
+
+def leakier(results: list[MembershipMetrics], metric: str) -> int | None:
+    """The index of the result that leaks more by ``metric``, or ``None`` within the noise.
+
+    The largest value wins when it exceeds every other by more than twice their combined standard
+    error (:meth:`MembershipMetrics.standard_error`); otherwise the difference is noise.
+    """
+    values = [r.value(metric) for r in results]
+    best = max(range(len(values)), key=values.__getitem__)
+    for i, other in enumerate(results):
+        if i == best:
+            continue
+        error = math.hypot(results[best].standard_error(metric), other.standard_error(metric))
+        if values[best] - values[i] <= 2 * error:
+            return None
+    return best
+
+
+def _leakier(results: list[MembershipMetrics], reports: list[PrivacyReport], metric: str) -> str:
+    best = leakier(results, metric)
+    return "within noise" if best is None else printable(reports[best].model)
 
 
 def _print(

@@ -84,6 +84,29 @@ class MembershipMetrics:
             raise KeyError(f"{metric} was not measured (measured: {reported})")
         raise KeyError(f"unknown metric {metric!r}; use auc, balanced-accuracy or tpr@FPR")
 
+    def standard_error(self, metric: str) -> float:
+        """An approximate standard error of :meth:`value` from the sample counts.
+
+        AUC: Hanley & McNeil (1982). TPR at an FPR: binomial over the members (the threshold's
+        own noise is left out, so it is a lower estimate). Balanced accuracy: binomial over both
+        sets at the best threshold. Two models differ by a metric only when the gap exceeds about
+        twice the combined error.
+
+        Example:
+            >>> m = membership_metrics("loss", [3.0, 2.0, 0.5], [1.0, 0.0, -1.0, 0.4], [0.25])
+            >>> round(m.standard_error("auc"), 3)
+            0.128
+
+        """
+        value, m, n = self.value(metric), self.members, self.non_members
+        if metric == "auc":
+            q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+            var = value * (1 - value) + (m - 1) * (q1 - value**2) + (n - 1) * (q2 - value**2)
+            return math.sqrt(max(var, 0.0) / (m * n))
+        if metric == "balanced-accuracy":
+            return math.sqrt(value * (1 - value) * (1 / m + 1 / n) / 2)
+        return math.sqrt(value * (1 - value) / m)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types; ``tpr_at_fpr`` as a list of ``{fpr, tpr}``."""
         return {
