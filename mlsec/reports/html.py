@@ -8,7 +8,6 @@ attack names, warnings, settings) goes through :func:`html.escape`.
 
 from __future__ import annotations
 
-import json
 from html import escape
 
 import torch
@@ -22,6 +21,7 @@ from mlsec.reports.labels import (
     requirement,
     seconds_label,
 )
+from mlsec.reports.page import html_page, settings_sections
 from mlsec.reports.plot import WORST_CASE_COLOR, accuracy_plot
 from mlsec.reports.png import png_bytes, png_data_uri
 
@@ -75,17 +75,7 @@ def render_html(report: AuditReport) -> str:
         (``id="strength-note"``), thresholds, warnings, example images, settings and environment.
 
     """
-    title = f"mlsec audit: {report.model} on {report.data}"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title>",
-        f"<style>{REPORT_CSS}</style>",
-        "</head>",
-        "<body>",
+    body = [
         *_header(report),
         '<section id="plot">',
         "<h2>Robust accuracy vs eps</h2>",
@@ -95,19 +85,9 @@ def render_html(report: AuditReport) -> str:
         *_thresholds(report),
         *_warnings(report),
         *_examples(report),
-        '<section id="settings">',
-        "<h2>Settings</h2>",
-        f"<pre>{escape(_settings(report))}</pre>",
-        "</section>",
-        *_environment(report),
-        "</body>",
-        "</html>",
+        *settings_sections(report.config, report.environment),
     ]
-    return "\n".join(parts) + "\n"
-
-
-def _settings(report: AuditReport) -> str:
-    return json.dumps(report.config, indent=2, default=str, ensure_ascii=False)
+    return html_page(f"mlsec audit: {report.model} on {report.data}", REPORT_CSS, body)
 
 
 def _header(report: AuditReport) -> list[str]:
@@ -264,14 +244,3 @@ def _image(tensor: torch.Tensor, bounds: tuple[float, float], alt: str) -> str:
     scale = max(1, round(_EXAMPLE_PIXELS / max(height, width)))
     data = png_data_uri(png_bytes(tensor, bounds, scale=scale))
     return f'<img src="{data}" alt="{alt}" width="{width * scale}" height="{height * scale}">'
-
-
-def _environment(report: AuditReport) -> list[str]:
-    lines = ['<section id="environment">', "<h2>Environment</h2>"]
-    if not report.environment:
-        return [*lines, "<p>not recorded</p>", "</section>"]
-    rows = [
-        f"<tr><th>{escape(str(key))}</th><td>{escape(str(value))}</td></tr>"
-        for key, value in report.environment.items()
-    ]
-    return [*lines, '<table id="environment-table">', *rows, "</table>", "</section>"]

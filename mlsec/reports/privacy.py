@@ -7,16 +7,14 @@ Registered in :data:`mlsec.auditing.privacy_report.PRIVACY_FORMATS`, so a
 
 from __future__ import annotations
 
-import json
-import xml.etree.ElementTree as ET
 from html import escape
 
 from mlsec.attacks.inference.metrics import MembershipMetrics
 from mlsec.auditing.privacy_report import PRIVACY_FORMATS, PrivacyReport
 from mlsec.reports.html import REPORT_CSS
-from mlsec.reports.junit import xml_text
 from mlsec.reports.labels import percent, seconds_label
 from mlsec.reports.markdown import escape as md_escape
+from mlsec.reports.page import TestCase, html_page, junit_document, settings_sections
 from mlsec.reports.roc_plot import roc_plot
 
 __all__ = [
@@ -133,55 +131,32 @@ def render_privacy_html(report: PrivacyReport) -> str:
         metrics table (``id="results"``), thresholds, warnings, settings and environment.
 
     """
-    title = f"mlsec privacy audit: {report.model}"
     verdict = _verdict(report)
     rows = "".join(
         f"<tr><th>{escape(name)}</th><td>{escape(value)}</td></tr>"
         for name, value in _facts(report)
     )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title>",
-        f"<style>{REPORT_CSS}</style>",
-        "</head>",
-        "<body>",
+    body = [
         '<header id="summary">',
         "<h1>mlsec privacy audit</h1>",
         f'<p class="subtitle">{escape(report.model)}: membership inference</p>',
     ]
     if verdict is not None:
         kind = "fail" if verdict.startswith("FAIL") else "pass"
-        parts.append(f'<p><span class="verdict {kind}">{escape(verdict)}</span></p>')
-    parts += [f"<table>{rows}</table>", "</header>"]
-    parts += _html_results(report)
-    parts += [
+        body.append(f'<p><span class="verdict {kind}">{escape(verdict)}</span></p>')
+    body += [
+        f"<table>{rows}</table>",
+        "</header>",
+        *_html_results(report),
         '<section id="roc">',
         "<h2>ROC, log-log</h2>",
         roc_plot(report.results),
         "</section>",
         *_html_thresholds(report),
         *_html_list("warnings", "Warnings", report.warnings),
-        '<section id="settings">',
-        "<h2>Settings</h2>",
-        f"<pre>{escape(json.dumps(report.config, indent=2, default=str))}</pre>",
-        "</section>",
-        '<section id="environment">',
-        "<h2>Environment</h2>",
-        '<table id="environment-table">',
-        *[
-            f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>"
-            for k, v in report.environment.items()
-        ],
-        "</table>",
-        "</section>",
-        "</body>",
-        "</html>",
+        *settings_sections(report.config, report.environment),
     ]
-    return "\n".join(parts) + "\n"
+    return html_page(f"mlsec privacy audit: {report.model}", REPORT_CSS, body)
 
 
 def _html_results(report: PrivacyReport) -> list[str]:
@@ -235,21 +210,6 @@ def _html_list(ident: str, title: str, items: list[str]) -> list[str]:
 @PRIVACY_FORMATS.register("junit")
 def render_privacy_junit(report: PrivacyReport) -> str:
     """JUnit XML: one test case per threshold, the metrics as properties, Markdown as output."""
-    failures = sum(not t.passed for t in report.thresholds)
-    counts = {
-        "tests": str(max(len(report.thresholds), 1)),
-        "failures": str(failures),
-        "errors": "0",
-        "skipped": "0",
-    }
-    seconds = f"{report.seconds:.3f}"
-    root = ET.Element("testsuites", {"name": "mlsec", **counts, "time": seconds})
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        {"name": xml_text(f"mlsec privacy audit: {report.model}"), **counts, "time": seconds},
-    )
-    properties = ET.SubElement(suite, "properties")
     facts = {
         "model": report.model,
         "members": str(report.n_members),
@@ -263,21 +223,15 @@ def render_privacy_junit(report: PrivacyReport) -> str:
                 facts[f"{result.attack}@{metric}"] = f"{result.value(metric):.6f}"
             except KeyError:
                 continue
-    for name, value in facts.items():
-        ET.SubElement(properties, "property", {"name": xml_text(name), "value": xml_text(value)})
-    if not report.thresholds:
-        ET.SubElement(
-            suite, "testcase", {"classname": "mlsec.privacy", "name": "privacy audit completed"}
-        )
-    for t in report.thresholds:
-        case = ET.SubElement(
-            suite, "testcase", {"classname": "mlsec.privacy", "name": xml_text(t.spec)}
-        )
-        if not t.passed:
-            failure = ET.SubElement(
-                case, "failure", {"message": xml_text(t.message), "type": "ThresholdFailed"}
-            )
-            failure.text = xml_text(t.message)
-    ET.SubElement(suite, "system-out").text = xml_text(render_privacy_markdown(report))
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    cases = [TestCase(t.spec, None if t.passed else t.message) for t in report.thresholds] or [
+        TestCase("privacy audit completed")
+    ]
+    return junit_document(
+        f"mlsec privacy audit: {report.model}",
+        classname="mlsec.privacy",
+        seconds=report.seconds,
+        properties=facts,
+        cases=cases,
+        failure_type="ThresholdFailed",
+        system_out=render_privacy_markdown(report),
+    )

@@ -8,17 +8,15 @@ XML with one test case per class that fails when the class is flagged.
 
 from __future__ import annotations
 
-import json
-import xml.etree.ElementTree as ET
 from html import escape as html_escape
 
 import torch
 
 from mlsec.auditing.scan import SCAN_FORMATS, ClassScan, ScanReport
 from mlsec.reports.html import REPORT_CSS
-from mlsec.reports.junit import xml_text
 from mlsec.reports.labels import percent, seconds_label
 from mlsec.reports.markdown import escape
+from mlsec.reports.page import TestCase, html_page, junit_document, settings_sections
 from mlsec.reports.png import png_bytes, png_data_uri
 
 __all__ = ["render_scan_html", "render_scan_junit", "render_scan_markdown"]
@@ -108,38 +106,25 @@ def render_scan_junit(report: ScanReport) -> str:
         the Markdown summary is the suite's ``<system-out>``.
 
     """
-    failures = len(report.flagged_classes)
-    counts = {
-        "tests": str(len(report.classes)),
-        "failures": str(failures),
-        "errors": "0",
-        "skipped": "0",
-    }
-    seconds = f"{report.seconds:.3f}"
-    root = ET.Element("testsuites", {"name": "mlsec", **counts, "time": seconds})
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        {"name": xml_text(f"mlsec scan: {report.model}"), **counts, "time": seconds},
-    )
-    properties = ET.SubElement(suite, "properties")
-    for name, value in (("model", report.model), ("data", report.data), ("n", str(report.n))):
-        ET.SubElement(properties, "property", {"name": name, "value": xml_text(value)})
-    for r in report.classes:
-        case = ET.SubElement(
-            suite, "testcase", {"classname": "mlsec.scan", "name": f"class {r.label}"}
+    cases = [
+        TestCase(
+            f"class {r.label}",
+            None
+            if not r.flagged
+            else f"class {r.label}: reversed trigger mask L1 {r.l1:.1f}, anomaly index "
+            f"{r.anomaly_index:.2f} > {report.config.get('anomaly_threshold', 2.0):g}",
         )
-        if r.flagged:
-            message = (
-                f"class {r.label}: reversed trigger mask L1 {r.l1:.1f}, anomaly index "
-                f"{r.anomaly_index:.2f} > {report.config.get('anomaly_threshold', 2.0):g}"
-            )
-            ET.SubElement(
-                case, "failure", {"message": message, "type": "BackdoorSuspected"}
-            ).text = message
-    ET.SubElement(suite, "system-out").text = xml_text(render_scan_markdown(report))
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+        for r in report.classes
+    ]
+    return junit_document(
+        f"mlsec scan: {report.model}",
+        classname="mlsec.scan",
+        seconds=report.seconds,
+        properties={"model": report.model, "data": report.data, "n": str(report.n)},
+        cases=cases,
+        failure_type="BackdoorSuspected",
+        system_out=render_scan_markdown(report),
+    )
 
 
 @SCAN_FORMATS.register("html")
@@ -156,18 +141,8 @@ def render_scan_html(report: ScanReport) -> str:
         and the environment.
 
     """
-    title = f"mlsec scan: {report.model} on {report.data}"
     verdict = "pass" if report.passed else "fail"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html_escape(title)}</title>",
-        f"<style>{REPORT_CSS}{_SCAN_CSS}</style>",
-        "</head>",
-        "<body>",
+    body = [
         '<header id="summary">',
         "<h1>mlsec scan</h1>",
         f'<p class="subtitle">{html_escape(report.model)} on {html_escape(report.data)}</p>',
@@ -177,23 +152,10 @@ def render_scan_html(report: ScanReport) -> str:
         *_class_table(report),
         *_triggers(report),
         *_detectors(report),
-        '<section id="settings">',
-        "<h2>Settings</h2>",
-        f"<pre>{html_escape(json.dumps(report.config, indent=2, default=str))}</pre>",
-        "</section>",
-        '<section id="environment">',
-        "<h2>Environment</h2>",
-        "<table>",
-        *[
-            f"<tr><th>{html_escape(str(k))}</th><td>{html_escape(str(v))}</td></tr>"
-            for k, v in report.environment.items()
-        ],
-        "</table>",
-        "</section>",
-        "</body>",
-        "</html>",
+        *settings_sections(report.config, report.environment),
     ]
-    return "\n".join(parts) + "\n"
+    title = f"mlsec scan: {report.model} on {report.data}"
+    return html_page(title, REPORT_CSS + _SCAN_CSS, body)
 
 
 def _class_table(report: ScanReport) -> list[str]:
