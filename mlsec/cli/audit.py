@@ -29,10 +29,16 @@ from mlsec.cli.certify import (
     smoothing_suite,
     with_notes,
 )
-from mlsec.cli.common import check_writable, device_from, float_list, positive_int, print_notes
+from mlsec.cli.common import device_from, float_list, positive_int, print_notes
 from mlsec.cli.options import FLAGS, add_data_options, apply_normalize, parse_normalize
 from mlsec.cli.privacy import add_privacy_options, check_options, run_privacy
-from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
+from mlsec.cli.report_files import (
+    add_report_options,
+    check_report_files,
+    checked_paths,
+    report_files,
+    write_reports,
+)
 from mlsec.cli.tables import comparison_table, print_strength_notes, robust_table
 from mlsec.core.distributed import current
 from mlsec.core.text import percent, printable
@@ -67,7 +73,7 @@ def add_parser(sub: Any) -> None:
         parser.add_argument_group("privacy (membership inference, instead of attacks)")
     )
     _add_gate_options(parser.add_argument_group("CI gate"))
-    _add_report_options(parser.add_argument_group("reports"))
+    add_report_options(parser.add_argument_group("reports"))
 
 
 def _add_model_options(group: Any) -> None:
@@ -173,25 +179,6 @@ def _add_gate_options(group: Any) -> None:
     )
 
 
-def _add_report_options(group: Any) -> None:
-    group.add_argument("--json", type=Path, default=None, metavar="PATH", help="JSON report")
-    group.add_argument(
-        "--markdown", type=Path, default=None, metavar="PATH", help="Markdown summary"
-    )
-    group.add_argument("--html", type=Path, default=None, metavar="PATH", help="HTML report")
-    group.add_argument("--junit", type=Path, default=None, metavar="PATH", help="JUnit XML")
-    group.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="write report.json, report.md, report.html, report.junit.xml and suite.toml to DIR",
-    )
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
-    group.add_argument("--no-color", action="store_true", help="plain text output")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
 def _plan(args: argparse.Namespace) -> Suite:
     """The suite the options describe, with every override applied."""
     if args.attacks is not None and args.suite is not None:
@@ -214,16 +201,6 @@ def _plan(args: argparse.Namespace) -> Suite:
         seed=args.seed,
         params={"steps": args.steps, "restarts": args.restarts},
     )
-
-
-def _paths(args: argparse.Namespace) -> dict[str, Path]:
-    """The report paths the options name, each checked before any work."""
-    named = {"json": args.json, "markdown": args.markdown, "html": args.html, "junit": args.junit}
-    paths = report_paths(named, args.out)
-    for kind, path in paths.items():
-        if args.out is None or path.parent != args.out:
-            check_writable(f"--{kind}", path)
-    return paths
 
 
 def _thresholds(args: argparse.Namespace) -> list[Threshold]:
@@ -268,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # stderr as it is: a terminal gets progress bars, a pipe or a file one line per stage.
     err = Console(stderr=True, no_color=args.no_color, quiet=not main)
-    paths = _paths(args) if main else {}
+    paths = checked_paths(args) if main else {}
     thresholds = _thresholds(args)
     specs = [args.model] if args.model is not None else list(default_models(args) or DEFAULT_MODELS)
     # The user's modules load first: they may register attacks of their own.

@@ -27,7 +27,12 @@ from mlsec.auditing.privacy_report import PrivacyReport, parse_leak_thresholds
 from mlsec.auditing.shadows import Shadows, train_shadows
 from mlsec.cli.common import check_writable, device_from, float_list, positive_int, print_notes
 from mlsec.cli.options import FLAGS
-from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
+from mlsec.cli.report_files import (
+    check_report_files,
+    checked_paths,
+    report_files,
+    write_reports,
+)
 from mlsec.core.text import printable
 from mlsec.defenses.training import METHODS, TrainConfig
 from mlsec.errors import InputError
@@ -225,8 +230,7 @@ def run_privacy(args: argparse.Namespace) -> int:
     device = device_from(args.device)
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
     err = Console(stderr=True, no_color=args.no_color)
-    named = {"json": args.json, "markdown": args.markdown, "html": args.html, "junit": args.junit}
-    paths = report_paths(named, args.out)
+    paths = checked_paths(args)
     thresholds = parse_leak_thresholds(args.fail_over)
     attacks = _attacks(args)
     fprs = tuple(args.fpr) if args.fpr is not None else DEFAULT_FPRS

@@ -8,10 +8,11 @@ beside it.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mlsec.auditing.suite import Suite
 from mlsec.cli.common import check_writable
@@ -22,8 +23,10 @@ from mlsec.errors import InputError
 __all__ = [
     "OUT_NAMES",
     "Renderable",
+    "add_report_options",
     "check_out",
     "check_report_files",
+    "checked_paths",
     "report_files",
     "report_paths",
     "write_reports",
@@ -136,3 +139,34 @@ def write_reports(report: Renderable, files: dict[str, Path], plan: Suite | None
         write_atomic(path, writers[kind]())
         written.append(path)
     return written
+
+
+def add_report_options(group: Any, *, suite: bool = True) -> None:
+    """``--json``, ``--markdown``, ``--html``, ``--junit``, ``--out`` and the console options."""
+    group.add_argument("--json", type=Path, default=None, metavar="PATH", help="JSON report")
+    group.add_argument(
+        "--markdown", type=Path, default=None, metavar="PATH", help="Markdown summary"
+    )
+    group.add_argument("--html", type=Path, default=None, metavar="PATH", help="HTML report")
+    group.add_argument("--junit", type=Path, default=None, metavar="PATH", help="JUnit XML")
+    also = " and suite.toml" if suite else ""
+    group.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"write report.json, report.md, report.html, report.junit.xml{also} to DIR",
+    )
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
+    group.add_argument("--no-color", action="store_true", help="plain text output")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def checked_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """The report paths the options name, each checked before any work."""
+    named = {"json": args.json, "markdown": args.markdown, "html": args.html, "junit": args.junit}
+    paths = report_paths(named, args.out)
+    for kind, path in paths.items():
+        if args.out is None or path.parent != args.out:
+            check_writable(f"--{kind}", path)
+    return paths

@@ -16,9 +16,15 @@ from rich.table import Table
 
 from mlsec import zoo
 from mlsec.auditing.scan import ScanReport, scan
-from mlsec.cli.common import check_writable, device_from, positive_int, print_notes
+from mlsec.cli.common import device_from, positive_int, print_notes
 from mlsec.cli.options import FLAGS
-from mlsec.cli.report_files import check_report_files, report_files, report_paths, write_reports
+from mlsec.cli.report_files import (
+    add_report_options,
+    check_report_files,
+    checked_paths,
+    report_files,
+    write_reports,
+)
 from mlsec.core.text import printable
 from mlsec.defenses.detection.neural_cleanse import NeuralCleanse
 from mlsec.defenses.detection.trigger import PatchTrigger
@@ -44,7 +50,7 @@ def add_parser(sub: Any) -> None:
     )
     _add_model_options(parser.add_argument_group("model and data"))
     _add_method_options(parser.add_argument_group("Neural Cleanse"))
-    _add_report_options(parser.add_argument_group("CI gate and reports"))
+    _add_gate_options(parser.add_argument_group("CI gate and reports"))
 
 
 def _add_model_options(group: Any) -> None:
@@ -97,36 +103,11 @@ def _add_method_options(group: Any) -> None:
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
 
 
-def _add_report_options(group: Any) -> None:
+def _add_gate_options(group: Any) -> None:
     group.add_argument(
         "--fail-on-backdoor", action="store_true", help="exit 1 when a class is flagged"
     )
-    group.add_argument("--json", type=Path, default=None, metavar="PATH", help="JSON report")
-    group.add_argument(
-        "--markdown", type=Path, default=None, metavar="PATH", help="Markdown summary"
-    )
-    group.add_argument("--html", type=Path, default=None, metavar="PATH", help="HTML report")
-    group.add_argument("--junit", type=Path, default=None, metavar="PATH", help="JUnit XML")
-    group.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="write report.json, report.md, report.html and report.junit.xml to DIR",
-    )
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars or table")
-    group.add_argument("--no-color", action="store_true", help="plain text output")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _paths(args: argparse.Namespace) -> dict[str, Path]:
-    """The report paths the options name, each checked before any work."""
-    named = {"json": args.json, "markdown": args.markdown, "html": args.html, "junit": args.junit}
-    paths = report_paths(named, args.out)
-    for kind, path in paths.items():
-        if args.out is None or path.parent != args.out:
-            check_writable(f"--{kind}", path)
-    return paths
+    add_report_options(group, suite=False)
 
 
 def _known_trigger(spec: str) -> PatchTrigger | None:
@@ -140,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     device = device_from(args.device)
     console = Console(no_color=args.no_color, highlight=not args.no_color, soft_wrap=True)
     err = Console(stderr=True, no_color=args.no_color)
-    files = report_files(_paths(args), args.out, "", several=False, suite=False)
+    files = report_files(checked_paths(args), args.out, "", several=False, suite=False)
     check_report_files(files, args.out)
     spec = args.model or DEFAULT_MODEL
     model, model_name, notes = load_model(
