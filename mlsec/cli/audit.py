@@ -30,7 +30,13 @@ from mlsec.cli.certify import (
     with_notes,
 )
 from mlsec.cli.common import device_from, float_list, positive_int, print_notes
-from mlsec.cli.options import FLAGS, add_data_options, apply_normalize, parse_normalize
+from mlsec.cli.options import (
+    FLAGS,
+    add_data_options,
+    add_model_source_options,
+    apply_normalize,
+    parse_normalize,
+)
 from mlsec.cli.privacy import add_privacy_options, check_options, run_privacy
 from mlsec.cli.report_files import (
     add_report_options,
@@ -77,22 +83,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_model_options(group: Any) -> None:
-    group.add_argument(
-        "--model",
-        default=None,
-        help="a bundled model name, a TorchScript (.pt), torch.export (.pt2) or weights file "
-        "(.safetensors, or a state dict .pt with --arch), or module:function (default: the "
-        "bundled mnist-cnn and mnist-cnn-pgd, side by side)",
-    )
-    group.add_argument(
-        "--arch", default=None, help="module:factory building the model for a weights file"
-    )
-    group.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow loading a pickled whole model (runs code from the file: only for files you "
-        "trust)",
-    )
+    add_model_source_options(group, "the bundled mnist-cnn and mnist-cnn-pgd, side by side")
     group.add_argument(
         "--data",
         default="mnist-sample",

@@ -23,6 +23,7 @@ from mlsec.io import Terms
 __all__ = [
     "FLAGS",
     "add_data_options",
+    "add_model_source_options",
     "apply_normalize",
     "parse_normalize",
     "parse_size",
@@ -161,4 +162,24 @@ def add_data_options(group: Any) -> None:
         default=None,
         metavar="SIZE",
         help="then crop each image's centre to SIZE (224 or HxW)",
+    )
+
+
+def add_model_source_options(group: Any, default: str) -> None:
+    """``--model`` (``default`` says what runs without it), ``--arch`` and ``--trust-pickle``."""
+    group.add_argument(
+        "--model",
+        default=None,
+        help="a bundled model name, a TorchScript (.pt), torch.export (.pt2) or weights file "
+        "(.safetensors, or a state dict .pt with --arch), or module:function (default: "
+        f"{default})",
+    )
+    group.add_argument(
+        "--arch", default=None, help="module:factory building the model for a weights file"
+    )
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled whole model (runs code from the file: only for files you "
+        "trust)",
     )

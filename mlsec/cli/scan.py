@@ -17,7 +17,7 @@ from rich.table import Table
 from mlsec import zoo
 from mlsec.auditing.scan import ScanReport, scan
 from mlsec.cli.common import device_from, positive_int, print_notes
-from mlsec.cli.options import FLAGS
+from mlsec.cli.options import FLAGS, add_model_source_options
 from mlsec.cli.report_files import (
     add_report_options,
     check_report_files,
@@ -54,22 +54,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_model_options(group: Any) -> None:
-    group.add_argument(
-        "--model",
-        default=None,
-        help="a bundled model name, a TorchScript (.pt), torch.export (.pt2) or weights file "
-        "(.safetensors, or a state dict .pt with --arch), or module:function (default: the "
-        f"bundled {DEFAULT_MODEL}, which carries a planted trigger)",
-    )
-    group.add_argument(
-        "--arch", default=None, help="module:factory building the model for a weights file"
-    )
-    group.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow loading a pickled whole model (runs code from the file: only for files you "
-        "trust)",
-    )
+    add_model_source_options(group, f"the bundled {DEFAULT_MODEL}, which carries a planted trigger")
     group.add_argument(
         "--data",
         default="mnist-sample",
