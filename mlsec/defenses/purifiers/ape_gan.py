@@ -77,7 +77,8 @@ class APEGAN(Purifier):
     Args:
         width: channel width of the generator and discriminator.
         eps: linf budget of the FGSM examples it trains on.
-        recon_weight, adv_weight: weights of the reconstruction and adversarial losses.
+        recon_weight: weight of the reconstruction loss.
+        adv_weight: weight of the adversarial loss.
         lr: Adam's step size for both networks (betas 0.5 / 0.999).
         seed: seeds training.
         generator: the fitted generator (set by :meth:`fit` or loading).

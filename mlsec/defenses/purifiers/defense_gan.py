@@ -72,7 +72,8 @@ class DefenseGAN(Purifier):
             differentiable approximation of the projection, whose gradient lies along the
             generator's range) or ``"auto"``: the encoder where one is fitted. On the bundled
             weights the encoder surrogate is the stronger (see docs/defense-gan.md).
-        generator, encoder: fitted networks (set by :meth:`fit` or loading).
+        generator: the fitted generator (set by :meth:`fit` or loading).
+        encoder: the fitted encoder, if any (set by :meth:`fit` with ``encoder_steps``, or loading).
 
     Example:
         >>> import torch
