@@ -11,6 +11,7 @@ with output runs in-process and its output is compared with numbers masked. A bl
 from __future__ import annotations
 
 import doctest
+import gc
 import importlib.util
 import re
 import shlex
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 import mlsec
+from mlsec.core.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location(
@@ -199,7 +201,12 @@ def test_page_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # modules the page writes (mymodels.py)
     monkeypatch.setenv("COLUMNS", "80")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    # A page may register an attack, a purifier or a report format of its own (the "add one"
+    # examples): every registry is put back as it was, so no later test sees the page's entries.
+    registries = [r for r in gc.get_objects() if isinstance(r, Registry)]
+    saved = [dict(r._entries) for r in registries]
     page = types.ModuleType("__docs__")  # a real module, so the page can define dataclasses
     monkeypatch.setitem(sys.modules, "__docs__", page)
     namespace: dict[str, object] = page.__dict__
@@ -214,6 +221,10 @@ def test_page_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
             elif block.lang == "console":
                 check_console(block, where)
     finally:  # a module the page wrote (mymodels) must not leak into the next page
+        torch.set_num_threads(threads)
+        for registry, entries in zip(registries, saved, strict=True):
+            registry._entries.clear()
+            registry._entries.update(entries)
         for name, module in list(sys.modules.items()):
             if str(tmp_path) in str(getattr(module, "__file__", None) or ""):
                 del sys.modules[name]
