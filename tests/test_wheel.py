@@ -108,7 +108,12 @@ def _fresh_environment(where: Path, wheel: Path) -> Path:
     borrowed = [path for path in sys.path if Path(path).name in ("site-packages", "dist-packages")]
     (site / "borrowed.pth").write_text("\n".join(borrowed) + "\n")
     pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", python, "install"]
-    _run([*pip, "--no-deps", "--no-index", "--quiet", wheel], cwd=where.parent)
+    # --ignore-installed: the borrowed site-packages may already hold mlsec-audit (a non-editable
+    # install, as in CI); pip must still put the wheel into the fresh environment, and must not
+    # touch the borrowed one.
+    _run(
+        [*pip, "--no-deps", "--no-index", "--ignore-installed", "--quiet", wheel], cwd=where.parent
+    )
     return site
 
 
